@@ -1,0 +1,1 @@
+"""Billing: migrations, the write-behind flusher, the double-entry ledger."""

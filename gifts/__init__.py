@@ -1,0 +1,1 @@
+"""Gifts: the catalog, the send decision and its Lua twin, the debit batcher."""

@@ -1,0 +1,111 @@
+-- send_gifts.lua: debit a batch of gifts, each atomically and exactly once.
+--
+-- Redis has no rollback: a script that errors after a write keeps the write.
+-- So every argument of the whole batch is checked first (an error there
+-- changes nothing), and each gift is fully decided (idempotency, balance,
+-- backlog) before its first write. The pure twin is gifts/send_rule.py; one
+-- table of cases runs against both (tests/integration/test_send_script.py).
+--
+-- ARGV header:
+--   1 key prefix         2 idempotency ttl s   3 ledger backlog max
+--   4 room history max   5 day period           6 week period
+--   7 month period       8 board ttl s          9 gift count in batch
+-- then 10 fields per gift:
+--   uid, client_id, fingerprint, room, streamer_id, gift_code, count,
+--   unit_price, amount, json_tail (the event JSON after its opening brace)
+--
+-- Returns one array per gift: {outcome, balance, event_id, seq}
+--   outcome: ok | duplicate | conflict | insufficient_balance | backlog_full
+
+local P = ARGV[1]
+local idem_ttl = tonumber(ARGV[2])
+local backlog_max = tonumber(ARGV[3])
+local hist_max = tonumber(ARGV[4])
+local periods = {ARGV[5], ARGV[6], ARGV[7]}
+local board_ttl = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
+local H, F = 9, 10
+
+if not (idem_ttl and backlog_max and hist_max and board_ttl and n) then
+  return redis.error_reply('BAD_ARGS header')
+end
+if #ARGV ~= H + n * F then
+  return redis.error_reply('BAD_ARGS length')
+end
+-- Check every gift's numbers before the first write of the batch.
+for i = 0, n - 1 do
+  local b = H + i * F
+  local count, unit, amount = tonumber(ARGV[b + 7]), tonumber(ARGV[b + 8]), tonumber(ARGV[b + 9])
+  if not (tonumber(ARGV[b + 1]) and tonumber(ARGV[b + 5]) and count and unit and amount)
+     or count < 1 or unit < 0 or amount ~= count * unit or amount > 9007199254740991 then
+    return redis.error_reply('BAD_ARGS gift ' .. (i + 1))
+  end
+end
+
+local ledger = P .. 'ledger'
+local backlog = redis.call('XLEN', ledger)
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local results = {}
+local touched_boards = false
+
+for i = 0, n - 1 do
+  local b = H + i * F
+  local uid, cid, fp, room = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local streamer, code = ARGV[b + 5], ARGV[b + 6]
+  local count, unit, amount = ARGV[b + 7], ARGV[b + 8], tonumber(ARGV[b + 9])
+  local tail = ARGV[b + 10]
+  local idem_key = P .. 'idem:' .. uid .. ':' .. cid
+  local bal_key = P .. 'bal:' .. uid
+
+  -- 1. decide, without writing
+  local prev = redis.call('HMGET', idem_key, 'fp', 'bal', 'eid', 'seq')
+  local outcome
+  local balance = tonumber(redis.call('GET', bal_key) or '0')
+  if prev[1] then
+    if prev[1] == fp then
+      outcome = 'duplicate'
+      results[i + 1] = {outcome, prev[2], prev[3], prev[4]}
+    else
+      results[i + 1] = {'conflict', tostring(balance), prev[3], prev[4]}
+    end
+  elseif balance < amount then
+    results[i + 1] = {'insufficient_balance', tostring(balance), '', '0'}
+  elseif backlog >= backlog_max then
+    results[i + 1] = {'backlog_full', tostring(balance), '', '0'}
+  else
+    -- 2. write: debit, ledger, boards, room event, publish, remember
+    local new_balance = redis.call('DECRBY', bal_key, amount)
+    local eid = redis.call('XADD', ledger, '*',
+      'k', 'gift', 's', uid, 'r', room, 'st', streamer, 'g', code,
+      'n', count, 'u', unit, 'a', ARGV[b + 9], 'c', cid, 't', tostring(now_ms))
+    backlog = backlog + 1
+    local sender_total = redis.call('ZINCRBY', P .. 'room:' .. room .. ':rank', amount, uid)
+    local room_total = redis.call('INCRBY', P .. 'room:' .. room .. ':earn', amount)
+    for _, period in ipairs(periods) do
+      redis.call('ZINCRBY', P .. 'board:streamer:' .. period, amount, streamer)
+      redis.call('ZINCRBY', P .. 'board:gifter:' .. period, amount, uid)
+    end
+    touched_boards = true
+    local seq = redis.call('INCR', P .. 'room:' .. room .. ':seq')
+    local payload = '{"seq":' .. seq .. ',"event_id":"' .. eid .. '","ts_ms":' .. now_ms
+      .. ',"sender_total":' .. sender_total .. ',"room_total":' .. room_total .. ',' .. tail
+    redis.call('XADD', P .. 'room:' .. room .. ':hist', 'MAXLEN', '~', hist_max, '*', 'p', payload)
+    redis.call('PUBLISH', P .. 'room:' .. room .. ':ch', payload)
+    redis.call('HSET', idem_key, 'fp', fp, 'bal', new_balance, 'eid', eid, 'seq', seq)
+    redis.call('EXPIRE', idem_key, idem_ttl)
+    local recent_key = P .. 'user:' .. uid .. ':recent'
+    redis.call('LPUSH', recent_key, payload)
+    redis.call('LTRIM', recent_key, 0, 49)
+    results[i + 1] = {'ok', tostring(new_balance), eid, tostring(seq)}
+  end
+end
+
+-- Period boards expire on their own; setting the TTL once per batch is enough.
+if touched_boards then
+  for _, period in ipairs(periods) do
+    redis.call('EXPIRE', P .. 'board:streamer:' .. period, board_ttl, 'NX')
+    redis.call('EXPIRE', P .. 'board:gifter:' .. period, board_ttl, 'NX')
+  end
+end
+return results

@@ -1,0 +1,1 @@
+"""Rooms: local connection registry, tick-batched broadcast, rankings, the Redis room bus."""

@@ -1,0 +1,217 @@
+"""The rooms this process hosts viewers of, and their tick-batched broadcast.
+
+Events reach a room from the room bus (Redis pub/sub, every node) in seq
+order. They wait in the room's buffer; once per tick the room builds ONE
+frame per wire format with every buffered event, the ranking diff and the
+viewer count, and writes those bytes to each viewer. A gift worth at least
+`urgent_value_coins` flushes its room at once. Cost per tick is frames, not
+gifts.
+
+The snapshot a joiner gets is the room's *broadcast* state (the seq of the
+last event already sent out, the ranking as of that event), so the joiner's
+first tick frame carries exactly the events after its snapshot: nothing
+missed, nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from rooms.conn import Conn
+from rooms.frames import tick_payload_json, tick_payload_msgpack, ws_frame
+from rooms.ranking import Entry, TopN, rank_diff
+from server.codec import WireFormat
+from server.settings import Settings
+
+log = logging.getLogger("giftd.hub")
+
+
+@dataclass
+class LocalRoom:
+    id: str
+    streamer_id: int
+    top: TopN
+    broadcast_seq: int  # seq of the last event written to viewers (or of the snapshot)
+    room_total: int  # streamer's earnings this broadcast, as of broadcast_seq
+    viewers_total: int = 0  # across all nodes, refreshed by the presence task
+    members: dict[int, Conn] = field(default_factory=dict)
+    pending: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    received_seq: int = 0  # highest seq accepted into `pending`
+    viewers_sent: int = -1
+    urgent: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    early: list[bytes] = field(default_factory=list)  # events that arrived before the snapshot
+
+
+class Hub:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rooms: dict[str, LocalRoom] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        # counters for /metrics
+        self.frames_written = 0
+        self.events_delivered = 0  # logical gift deliveries (events × viewers)
+        self.slow_closes = 0
+        self.ticks = 0
+        self.tick_lag_ms = 0.0
+
+    # --- lifecycle --------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick_loop(), name="room-ticks")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- membership -------------------------------------------------------
+    def create(self, room_id: str, streamer_id: int) -> LocalRoom:
+        room = LocalRoom(room_id, streamer_id, TopN(self.settings.ranking_top_n), 0, 0)
+        self.rooms[room_id] = room
+        return room
+
+    def init_from_snapshot(self, room: LocalRoom, seq: int, ranking: list[Entry],
+                           room_total: int, viewers_total: int) -> None:
+        room.broadcast_seq = room.received_seq = seq
+        room.top = TopN(self.settings.ranking_top_n, ranking)
+        room.room_total = room_total
+        room.viewers_total = viewers_total
+        early, room.early = room.early, []
+        room.ready.set()
+        for raw in early:
+            self.on_event(room.id, raw)
+
+    def add(self, room: LocalRoom, conn: Conn) -> None:
+        room.members[conn.id] = conn
+        conn.room = room.id
+
+    def remove(self, conn: Conn) -> LocalRoom | None:
+        if conn.room is None:
+            return None
+        room = self.rooms.get(conn.room)
+        conn.room = None
+        if room is not None:
+            room.members.pop(conn.id, None)
+        return room
+
+    def snapshot(self, room: LocalRoom) -> dict[str, Any]:
+        return {
+            "seq": room.broadcast_seq,
+            "ranking": room.top.as_json(),
+            "room_total": room.room_total,
+            "viewers": max(room.viewers_total, len(room.members)),
+        }
+
+    # --- events in --------------------------------------------------------
+    def on_event(self, room_id: str, raw: bytes) -> int | None:
+        """Queue one event (raw JSON from the bus). Returns a seq gap start, if any.
+
+        Events at or below the last accepted seq are repeats and are dropped.
+        """
+        room = self.rooms.get(room_id)
+        if room is None:
+            return None
+        if not room.ready.is_set():
+            room.early.append(raw)
+            return None
+        ev = orjson.loads(raw)
+        seq = int(ev["seq"])
+        if seq <= room.received_seq:
+            return None
+        if seq != room.received_seq + 1:
+            gap_from = room.received_seq + 1
+            return gap_from  # caller fetches the gap from history, then re-offers
+        room.received_seq = seq
+        room.pending.append((raw, ev))
+        if int(ev.get("value_coins", 0)) >= self.settings.urgent_value_coins:
+            room.urgent = True
+            self._wake.set()
+        return None
+
+    # --- the tick ---------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        tick_s = self.settings.tick_ms / 1000
+        next_at = time.monotonic() + tick_s
+        while True:
+            timeout = max(0.0, next_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            now = time.monotonic()
+            if now >= next_at:
+                self.tick_lag_ms = (now - next_at) * 1000
+                next_at = max(next_at + tick_s, now)  # never a burst of catch-up ticks
+                self.ticks += 1
+                self.flush_all()
+            else:  # woken early by an urgent gift
+                for room in list(self.rooms.values()):
+                    if room.urgent:
+                        self.flush(room)
+
+    def flush_all(self) -> None:
+        for room in list(self.rooms.values()):
+            try:
+                self.flush(room)
+            except Exception:
+                log.exception("tick of room %s failed", room.id)
+
+    def flush(self, room: LocalRoom) -> None:
+        room.urgent = False
+        viewers = max(room.viewers_total, len(room.members))
+        viewers_changed = viewers != room.viewers_sent
+        if not room.pending and not viewers_changed:
+            return
+        limit = self.settings.tick_events_max
+        batch, room.pending = room.pending[:limit], room.pending[limit:]
+        if room.pending:
+            room.urgent = True  # the rest rolls into the next tick; flush again soon
+            self._wake.set()
+        before = room.top.entries()
+        earnings_delta = 0
+        for _, ev in batch:
+            sender = ev.get("sender") or {}
+            room.top.update(int(sender.get("id", 0)), str(sender.get("name", "")),
+                            int(ev["sender_total"]))
+            room.room_total = max(room.room_total, int(ev["room_total"]))
+            earnings_delta += int(ev.get("value_coins", 0))
+        if batch:
+            room.broadcast_seq = int(batch[-1][1]["seq"])
+        diff = rank_diff(before, room.top.entries())
+        room.viewers_sent = viewers
+        seq = room.broadcast_seq
+        frames: dict[WireFormat, bytes] = {}
+        dead: list[int] = []
+        for conn in room.members.values():
+            frame = frames.get(conn.fmt)
+            if frame is None:
+                if conn.fmt is WireFormat.MSGPACK:
+                    payload = tick_payload_msgpack(room.id, [ev for _, ev in batch], diff,
+                                                   viewers, seq)
+                else:
+                    payload = tick_payload_json(room.id, [raw for raw, _ in batch], diff,
+                                                viewers, seq)
+                frame = frames[conn.fmt] = ws_frame(payload, conn.fmt)
+            if conn.write_frame(frame):
+                self.frames_written += 1
+                self.events_delivered += len(batch)
+            else:
+                dead.append(conn.id)
+                if conn.slow:
+                    self.slow_closes += 1
+        if batch and earnings_delta:
+            feed = {"type": "earnings", "room": room.id, "room_total": room.room_total,
+                    "delta_coins": earnings_delta, "gifts": len(batch), "seq": seq}
+            for conn in room.members.values():
+                if conn.principal.user_id == room.streamer_id and not conn.closed:
+                    conn.send(feed)
+        for cid in dead:
+            room.members.pop(cid, None)

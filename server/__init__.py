@@ -1,0 +1,1 @@
+"""The giftd process: settings, embedded servers, app, gateway, codec, auth, CLI."""

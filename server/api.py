@@ -1,0 +1,233 @@
+"""HTTP API: accounts, catalog, balance, transactions, rooms, leaderboards, health, metrics.
+
+Errors are JSON `{"code": ..., "message": ...}` with a stable code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server import keys
+from server.auth import AuthError, Principal, Role, issue_token, verify_token
+from server.users import UserError, authenticate, create_user
+
+if TYPE_CHECKING:
+    from server.context import Ctx
+
+BODY_BYTES_MAX = 16 * 1024  # JSON request bodies larger than this are refused
+PAGE_LIMIT_MAX = 100  # list endpoints return at most this many items
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse({"code": exc.code, "message": exc.message}, exc.status)
+
+
+def ctx_of(request: Request) -> Ctx:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > BODY_BYTES_MAX:
+        raise ApiError(413, "body_too_large", f"bodies are limited to {BODY_BYTES_MAX} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+def principal_of(request: Request) -> Principal:
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    try:
+        return verify_token(ctx_of(request).secret, token)
+    except AuthError as exc:
+        raise ApiError(401, exc.code, str(exc)) from None
+
+
+def _str(data: dict[str, Any], name: str, required: bool = True) -> str:
+    v = data.get(name)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str):
+        raise ApiError(400, "bad_field", f"field '{name}' must be a string")
+    return v
+
+
+def _limit(request: Request, default: int = 20) -> int:
+    raw = request.query_params.get("limit", str(default))
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_field", "limit must be an integer") from None
+    if not 1 <= n <= PAGE_LIMIT_MAX:
+        raise ApiError(400, "bad_field", f"limit must be 1..{PAGE_LIMIT_MAX}")
+    return n
+
+
+def _user_json(p: Principal) -> dict[str, Any]:
+    return {"id": p.user_id, "name": p.name, "role": p.role.value}
+
+
+async def register(request: Request) -> Response:
+    ctx = ctx_of(request)
+    data = await json_body(request)
+    try:
+        async with ctx.pool.acquire() as conn:
+            p = await create_user(conn, username=_str(data, "username"),
+                                  password=_str(data, "password"),
+                                  display_name=_str(data, "display_name", required=False))
+    except UserError as exc:
+        status = 409 if exc.code == "username_taken" else 400
+        raise ApiError(status, exc.code, str(exc)) from None
+    ctx.names.put(p.user_id, p.name)
+    token = issue_token(ctx.secret, p, ctx.settings.token_ttl_s)
+    return JSONResponse({"token": token, "user": _user_json(p)}, 201)
+
+
+async def login(request: Request) -> Response:
+    ctx = ctx_of(request)
+    data = await json_body(request)
+    try:
+        p = await authenticate(ctx.pool, _str(data, "username"), _str(data, "password"))
+    except UserError as exc:
+        raise ApiError(401, exc.code, str(exc)) from None
+    token = issue_token(ctx.secret, p, ctx.settings.token_ttl_s)
+    return JSONResponse({"token": token, "user": _user_json(p)})
+
+
+async def catalog(request: Request) -> Response:
+    ctx = ctx_of(request)
+    return JSONResponse({"gifts": ctx.catalog.as_json(),
+                         "coins_per_yuan": ctx.settings.coins_per_yuan})
+
+
+async def me(request: Request) -> Response:
+    ctx = ctx_of(request)
+    p = principal_of(request)
+    balance = int(await ctx.redis.get(keys.balance(p.user_id)) or 0)
+    return JSONResponse({"user": _user_json(p), "balance": balance})
+
+
+async def balance(request: Request) -> Response:
+    ctx = ctx_of(request)
+    p = principal_of(request)
+    return JSONResponse({"balance": int(await ctx.redis.get(keys.balance(p.user_id)) or 0)})
+
+
+async def transactions(request: Request) -> Response:
+    """My latest gifts: flushed ones from the ledger, not-yet-flushed ones marked pending."""
+    ctx = ctx_of(request)
+    p = principal_of(request)
+    limit = _limit(request)
+    recent = [orjson.loads(x) for x in await ctx.redis.lrange(keys.recent(p.user_id), 0,
+                                                                limit - 1)]
+    rows = await ctx.pool.fetch(
+        """SELECT event_id, room_id, gift_code, count, amount_coins, created_at
+             FROM gift_events WHERE sender_id = $1 ORDER BY created_at DESC, event_id DESC
+            LIMIT $2""",
+        p.user_id, limit,
+    )
+    flushed = {r["event_id"] for r in rows}
+    items: list[dict[str, Any]] = [
+        {"event_id": r["event_id"], "room": r["room_id"], "gift": r["gift_code"],
+         "count": r["count"], "amount_coins": -r["amount_coins"],
+         "ts_ms": int(r["created_at"].timestamp() * 1000), "status": "flushed"}
+        for r in rows
+    ]
+    for ev in recent:
+        if ev["event_id"] not in flushed:
+            items.append({"event_id": ev["event_id"], "room": ev["room"], "gift": ev["gift"],
+                          "count": ev["count"], "amount_coins": -ev["value_coins"],
+                          "ts_ms": ev["ts_ms"], "status": "pending"})
+    items.sort(key=lambda i: (i["ts_ms"], i["event_id"]), reverse=True)
+    return JSONResponse({"items": items[:limit]})
+
+
+async def rooms(request: Request) -> Response:
+    ctx = ctx_of(request)
+    return JSONResponse({"rooms": [
+        {"id": r.id, "title": r.title, "streamer": {"id": r.streamer_id, "name": r.streamer_name}}
+        for r in ctx.rooms.all()]})
+
+
+async def leaderboard(request: Request) -> Response:
+    """The room's live ranking this broadcast."""
+    ctx = ctx_of(request)
+    room_id = request.path_params["room"]
+    room = await ctx.rooms.get(room_id)
+    if room is None:
+        raise ApiError(404, "unknown_room", "no such room")
+    limit = _limit(request, ctx.settings.ranking_top_n)
+    rank = await ctx.redis.zrevrange(keys.room_rank(room_id), 0, limit - 1, withscores=True)
+    ids = [int(m) for m, _ in rank]
+    names = await ctx.names.get_many(ids)
+    return JSONResponse({"room": room_id, "items": [
+        {"rank": i + 1, "id": uid, "name": names.get(uid, ""), "score": int(score)}
+        for i, (uid, (_, score)) in enumerate(zip(ids, rank, strict=True))]})
+
+
+async def demo(request: Request) -> Response:
+    """Demo accounts for the demo page; only when the server runs with --demo."""
+    ctx = ctx_of(request)
+    if not ctx.settings.demo:
+        raise ApiError(404, "not_found", "demo mode is off")
+    from server.demo import DEMO_PASSWORD, DEMO_USERS
+
+    return JSONResponse({"password": DEMO_PASSWORD, "users": [
+        {"username": u, "name": n, "role": r.value, "room": room}
+        for u, n, r, _, room in DEMO_USERS]})
+
+
+async def health(request: Request) -> Response:
+    ctx = ctx_of(request)
+    checks: dict[str, Any] = {}
+    try:
+        checks["redis"] = bool(await ctx.redis.ping())
+    except Exception:
+        checks["redis"] = False
+    try:
+        checks["postgres"] = (await ctx.pool.fetchval("SELECT 1")) == 1
+    except Exception:
+        checks["postgres"] = False
+    ok = all(checks.values())
+    return JSONResponse({"ok": ok, **checks}, 200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    ctx = ctx_of(request)
+    m = ctx.metrics
+    m.rooms.set(len(ctx.hub.rooms))
+    m.frames.set(ctx.hub.frames_written)
+    m.deliveries.set(ctx.hub.events_delivered)
+    m.slow_closes.set(ctx.hub.slow_closes)
+    m.tick_lag_ms.set(ctx.hub.tick_lag_ms)
+    m.send_queue.set(ctx.sender.queued())
+    try:
+        m.ledger_backlog.set(await ctx.redis.xlen(keys.LEDGER_STREAM))
+    except Exception:
+        pass
+    if ctx.flusher is not None:
+        m.flush_lag_ms.set(ctx.flusher.last_flush_lag_ms)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def require_role(p: Principal, *roles: Role) -> None:
+    if p.role not in roles:
+        raise ApiError(403, "forbidden", "your role may not do this")

