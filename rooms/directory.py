@@ -20,7 +20,9 @@ class RoomDirectory:
     async def load(self) -> None:
         self._rooms = await load_rooms(self.pool)
 
-    def all(self) -> list[Room]:
+    async def all(self) -> list[Room]:
+        """Every room, fresh from Postgres (rooms may be made by another process)."""
+        await self.load()
         return sorted(self._rooms.values(), key=lambda r: r.id)
 
     async def get(self, room_id: str) -> Room | None:

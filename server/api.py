@@ -164,7 +164,7 @@ async def rooms(request: Request) -> Response:
     ctx = ctx_of(request)
     return JSONResponse({"rooms": [
         {"id": r.id, "title": r.title, "streamer": {"id": r.streamer_id, "name": r.streamer_name}}
-        for r in ctx.rooms.all()]})
+        for r in await ctx.rooms.all()]})
 
 
 async def leaderboard(request: Request) -> Response:

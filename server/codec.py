@@ -40,9 +40,9 @@ def decode(data: bytes | str, fmt: WireFormat) -> Any:
         if fmt is WireFormat.MSGPACK:
             if isinstance(data, str):
                 raise DecodeError("msgpack frames are binary")
-            # Bounded: the frame is already size-capped; refuse exotic types.
-            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
-                                   max_buffer_size=len(data) or 1)
+            # The frame is already size-capped, and unpackb bounds every length
+            # by the input size; map keys must be str (strict_map_key).
+            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
         return orjson.loads(data)
     except (orjson.JSONDecodeError, ValueError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, TypeError) as exc:
