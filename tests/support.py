@@ -117,7 +117,8 @@ class Client:
         self.ws = ws
         self.msgpack = msgpack_format
         self.received: list[dict[str, Any]] = []
-        self.acks: dict[str, dict[str, Any]] = {}
+        self.acks: dict[str, dict[str, Any]] = {}  # latest ack per id
+        self.ack_log: list[dict[str, Any]] = []  # every ack, in arrival order
         self.errors: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []  # gift events from ticks, in arrival order
         self.ticks: list[dict[str, Any]] = []
@@ -140,6 +141,7 @@ class Client:
                 t = msg.get("type")
                 if t == "ack":
                     self.acks[msg["id"]] = msg
+                    self.ack_log.append(msg)
                 elif t == "error":
                     self.errors.append(msg)
                 elif t == "tick":
