@@ -14,6 +14,7 @@ import logging
 import asyncpg
 from redis.asyncio import Redis
 
+from billing.db import Db
 from gifts.scripts import Script
 from server import keys
 
@@ -22,7 +23,7 @@ log = logging.getLogger("giftd.credits")
 CREDIT_MARKER_TTL_S = 90 * 24 * 3600  # outbox retries stop long before the marker expires
 
 
-async def book_grant(conn: asyncpg.Connection, *, user_id: int, amount: int, ref: str,
+async def book_grant(conn: Db, *, user_id: int, amount: int, ref: str,
                      memo: str = "") -> bool:
     """Journal a promotional grant and queue its Redis credit. False if `ref` was booked."""
     if amount <= 0:

@@ -17,16 +17,19 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from billing.db import Db
 from server import keys
 
 log = logging.getLogger("giftd.flusher")
 
-DEAD_LETTER_STREAM = keys.PREFIX + "ledger:dead"  # entries that cannot be parsed; never silently dropped
+# Entries that cannot be parsed go here, never silently dropped.
+DEAD_LETTER_STREAM = keys.PREFIX + "ledger:dead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ SELECT e.id, x.account, x.amount
   FROM entries e
   JOIN new_events n ON n.event_id = e.ref
  CROSS JOIN LATERAL (VALUES ('wallet:' || n.sender_id, -n.amount_coins),
-                            ('creator_pending:' || n.streamer_id, n.amount_coins)) AS x(account, amount)
+                            ('creator_pending:' || n.streamer_id, n.amount_coins))
+       AS x(account, amount)
 """
 
 _ACCOUNTS_SQL = """
@@ -113,7 +117,7 @@ ON CONFLICT (code) DO NOTHING
 """
 
 
-async def write_batch(conn: asyncpg.Connection, rows: list[GiftRow]) -> int:
+async def write_batch(conn: Db, rows: list[GiftRow]) -> int:
     """Write rows in one transaction; returns how many were new. Idempotent."""
     async with conn.transaction():
         await conn.execute(
@@ -208,7 +212,7 @@ class Flusher:
         )
         if not resp:
             return 0
-        entries = resp[0][1]
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = cast(Any, resp)[0][1]
         return await self._flush_entries(entries)
 
     async def _flush_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
@@ -226,7 +230,8 @@ class Flusher:
                 ids.append(eid)
             except ValueError as exc:
                 log.error("flusher: %s; moved to %s", exc, DEAD_LETTER_STREAM)
-                await self.redis.xadd(DEAD_LETTER_STREAM, {**fields, b"_id": eid})
+                dead: dict[Any, Any] = {**fields, b"_id": eid}
+                await self.redis.xadd(DEAD_LETTER_STREAM, dead)
                 await self._ack([eid])
         if rows:
             async with self.pool.acquire() as conn:

@@ -6,7 +6,7 @@ import logging
 import re
 from importlib import resources
 
-import asyncpg
+from billing.db import Db
 
 log = logging.getLogger("giftd.migrate")
 
@@ -28,7 +28,7 @@ def migration_files() -> list[tuple[int, str, str]]:
     return out
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Db) -> list[str]:
     """Apply what is missing; returns the names applied."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)

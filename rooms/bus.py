@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from rooms.hub import Hub, LocalRoom
-from rooms.ranking import Entry
 from rooms.names import NameCache
+from rooms.ranking import Entry
 from server import keys
 
 log = logging.getLogger("giftd.bus")
@@ -151,12 +151,12 @@ class RoomBus:
         out: list[bytes] = []
         last = "+"
         while True:
-            chunk = await self.redis.xrevrange(keys.room_history(room_id), max=last, min="-",
-                                               count=200)
+            chunk: list[tuple[bytes, dict[bytes, bytes]]] = cast(Any, await self.redis.xrevrange(
+                keys.room_history(room_id), max=last, min="-", count=200))
             if not chunk:
                 break
             done = False
-            for entry_id, fields in chunk:
+            for _entry_id, fields in chunk:
                 payload = fields[b"p"]
                 seq = _seq_of(payload)
                 if seq < from_seq:

@@ -18,9 +18,9 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from rooms.frames import ws_frame
 from server.auth import Principal
 from server.codec import WireFormat, encode
-from rooms.frames import ws_frame
 
 log = logging.getLogger("giftd.conn")
 

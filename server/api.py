@@ -5,7 +5,7 @@ Errors are JSON `{"code": ..., "message": ...}` with a stable code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,7 +36,8 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 def ctx_of(request: Request) -> Ctx:
-    return request.app.state.ctx  # type: ignore[no-any-return]
+    ctx: Ctx = request.app.state.ctx
+    return ctx
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -175,7 +176,8 @@ async def leaderboard(request: Request) -> Response:
     if room is None:
         raise ApiError(404, "unknown_room", "no such room")
     limit = _limit(request, ctx.settings.ranking_top_n)
-    rank = await ctx.redis.zrevrange(keys.room_rank(room_id), 0, limit - 1, withscores=True)
+    rank: list[tuple[bytes, float]] = cast(Any, await ctx.redis.zrevrange(
+        keys.room_rank(room_id), 0, limit - 1, withscores=True))
     ids = [int(m) for m, _ in rank]
     names = await ctx.names.get_many(ids)
     return JSONResponse({"room": room_id, "items": [

@@ -133,8 +133,8 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             from rooms.conn import CLOSE_GOING_AWAY
 
             for room in list(hub.rooms.values()):
-                for conn in list(room.members.values()):
-                    conn.close(CLOSE_GOING_AWAY, "server shutting down")
+                for viewer in list(room.members.values()):
+                    viewer.close(CLOSE_GOING_AWAY, "server shutting down")
             if ctx.flusher is not None:
                 ctx.flusher.stop()
             for t in tasks:

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"port {wanted} is busy; using {settings.port}", flush=True)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     # One serve per data dir: a second one would fight over the embedded servers.
-    lock = open(settings.var_dir / "serve.lock", "w")  # noqa: SIM115 - held until exit
+    lock = open(settings.var_dir / "serve.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

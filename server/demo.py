@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
-
 from billing.credits import book_grant
+from billing.db import Db
 from server.auth import Role
 from server.users import UserError, create_room, create_user
 
@@ -31,7 +30,7 @@ DEMO_USERS: list[tuple[str, str, Role, int, str | None]] = [
 ]
 
 
-async def seed(conn: asyncpg.Connection) -> None:
+async def seed(conn: Db) -> None:
     for username, name, role, coins, room in DEMO_USERS:
         try:
             p = await create_user(conn, username=username, password=DEMO_PASSWORD,

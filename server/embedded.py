@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger("giftd.embedded")
 
@@ -32,8 +32,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str,
-               log_path: Path) -> None:
+def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float,
+               what: str, log_path: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -41,7 +41,8 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: f
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not open {host}:{port} in {timeout_s}s; log:\n{_tail(log_path)}")
+    raise RuntimeError(
+        f"{what} did not open {host}:{port} in {timeout_s}s; log:\n{_tail(log_path)}")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -125,7 +126,8 @@ class EmbeddedValkey:
             if self._ping():
                 break
             time.sleep(0.05)
-        log.info("valkey up on %s (pid %s, appendfsync %s)", self.url, self.proc.pid, self.appendfsync)
+        log.info("valkey up on %s (pid %s, appendfsync %s)", self.url, self.proc.pid,
+                 self.appendfsync)
 
     def _ping(self) -> bool:
         try:
@@ -167,7 +169,7 @@ class EmbeddedPostgres:
 
         return str(POSTGRES_BIN_PATH / name)
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> dict[str, Any]:
         """Popen kwargs that drop to an unprivileged user when we are root."""
         if os.geteuid() != 0:
             return {}
@@ -212,7 +214,7 @@ class EmbeddedPostgres:
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                **run_as,  # type: ignore[arg-type]
+                **run_as,
             )
         stale = pgdata / "postmaster.pid"
         if stale.exists():
@@ -222,7 +224,7 @@ class EmbeddedPostgres:
         sock_dir = self.data_dir / "sock"
         sock_dir.mkdir(exist_ok=True)
         if run_as:
-            os.chown(sock_dir, int(run_as["user"]), int(run_as["group"]))  # type: ignore[call-overload]
+            os.chown(sock_dir, int(run_as["user"]), int(run_as["group"]))
         args = [
             self._bin("postgres"), "-D", str(pgdata),
             "-h", self.host, "-p", str(self.port), "-k", str(sock_dir),
@@ -234,10 +236,10 @@ class EmbeddedPostgres:
         ]
         with open(log_path, "ab") as logf:
             if run_as:
-                os.chown(log_path, int(run_as["user"]), int(run_as["group"]))  # type: ignore[call-overload]
+                os.chown(log_path, int(run_as["user"]), int(run_as["group"]))
             self.proc = subprocess.Popen(
                 args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                **run_as,  # type: ignore[arg-type]
+                **run_as,
             )
         _wait_port(self.host, self.port, self.proc, timeout_s, "postgres", log_path)
         # The port opens before the server accepts logins; wait for pg_isready.

@@ -71,7 +71,8 @@ def _field(msg: dict[str, Any], name: str, typ: type, ref: str | None = None) ->
 def parse(data: bytes | str, fmt: WireFormat, limits: Limits) -> Message:
     size = len(data.encode() if isinstance(data, str) else data)
     if size > limits.frame_bytes_max:
-        raise ProtocolError("frame_too_large", f"frames are limited to {limits.frame_bytes_max} bytes")
+        raise ProtocolError("frame_too_large",
+                            f"frames are limited to {limits.frame_bytes_max} bytes")
     try:
         msg = decode(data, fmt)
     except DecodeError:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from billing.db import Db
 from server.auth import Principal, Role, hash_password, verify_password
 
 USERNAME_RE = re.compile(r"^[a-z0-9_]{3,32}$")
@@ -38,7 +39,7 @@ def validate_registration(username: str, password: str, display_name: str) -> No
         raise UserError("bad_display_name", "display name: 1-64 characters")
 
 
-async def create_user(conn: asyncpg.Connection, *, username: str, password: str,
+async def create_user(conn: Db, *, username: str, password: str,
                       display_name: str = "", role: Role = Role.VIEWER) -> Principal:
     display_name = display_name or username
     validate_registration(username, password, display_name)
@@ -61,7 +62,7 @@ async def create_user(conn: asyncpg.Connection, *, username: str, password: str,
     return Principal(uid, display_name, role)
 
 
-async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, username: str,
+async def authenticate(conn: Db | asyncpg.Pool, username: str,
                        password: str) -> Principal:
     row = await conn.fetchrow(
         "SELECT id, display_name, password_hash, role FROM users WHERE username = $1", username
@@ -71,7 +72,7 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, username: str,
     return Principal(row["id"], row["display_name"], Role(row["role"]))
 
 
-async def create_room(conn: asyncpg.Connection, *, room_id: str, streamer_id: int,
+async def create_room(conn: Db, *, room_id: str, streamer_id: int,
                       title: str) -> None:
     await conn.execute(
         "INSERT INTO rooms (id, streamer_id, title) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -79,7 +80,7 @@ async def create_room(conn: asyncpg.Connection, *, room_id: str, streamer_id: in
     )
 
 
-async def load_rooms(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Room]:
+async def load_rooms(conn: Db | asyncpg.Pool) -> dict[str, Room]:
     rows = await conn.fetch(
         """SELECT r.id, r.streamer_id, u.display_name, r.title
              FROM rooms r JOIN users u ON u.id = r.streamer_id"""

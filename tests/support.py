@@ -9,7 +9,6 @@ from dataclasses import replace
 from typing import Any
 
 import asyncpg
-import httpx
 import msgpack
 import orjson
 import uvicorn

@@ -29,7 +29,7 @@ async def send_roses(redis: Redis, pool: asyncpg.Pool, n: int) -> tuple[int, lis
 
 
 async def test_rewriting_a_batch_adds_nothing(redis: Redis, pool: asyncpg.Pool) -> None:
-    _, ids = await send_roses(redis, pool, 30)
+    _, _ids = await send_roses(redis, pool, 30)
     rows = [parse_entry(eid, f) for eid, f in await redis.xrange(keys.LEDGER_STREAM)]
     async with pool.acquire() as conn:
         assert await write_batch(conn, rows) == 30  # type: ignore[arg-type]
@@ -60,7 +60,7 @@ async def test_dead_consumers_entries_are_claimed(redis: Redis, pool: asyncpg.Po
 
 async def test_unacknowledged_entries_are_never_trimmed(redis: Redis, pool: asyncpg.Pool) -> None:
     """Nothing but the flusher's post-commit XDEL removes ledger entries."""
-    _, ids = await send_roses(redis, pool, 40)
+    _, _ids = await send_roses(redis, pool, 40)
     assert await redis.xlen(keys.LEDGER_STREAM) == 40  # 40 more sends did not trim
     f = Flusher(redis, pool, consumer="f")
     await f.ensure_group()

@@ -126,15 +126,15 @@ async def test_bad_input_gets_its_code_and_changes_nothing(
         ("{nope", "bad_frame"),
         ("[1,2]", "bad_message"),
         ('{"type":"teleport"}', "unknown_type"),
-        ('{"type":"gift","room":"%s","gift":"rose"}' % room, "missing_field"),
-        ('{"type":"gift","id":7,"room":"%s","gift":"rose"}' % room, "bad_field"),
-        ('{"type":"gift","id":"c1","room":"%s","gift":"rose","count":"1"}' % room, "bad_field"),
-        ('{"type":"gift","id":"c2","room":"%s","gift":"unicorn"}' % room, "unknown_gift"),
-        ('{"type":"gift","id":"c3","room":"%s","gift":"rose","count":0}' % room, "bad_count"),
-        ('{"type":"gift","id":"c4","room":"%s","gift":"rose","count":-1}' % room, "bad_count"),
-        ('{"type":"gift","id":"c5","room":"%s","gift":"rose","count":10000}' % room,
+        (f'{{"type":"gift","room":"{room}","gift":"rose"}}', "missing_field"),
+        (f'{{"type":"gift","id":7,"room":"{room}","gift":"rose"}}', "bad_field"),
+        (f'{{"type":"gift","id":"c1","room":"{room}","gift":"rose","count":"1"}}', "bad_field"),
+        (f'{{"type":"gift","id":"c2","room":"{room}","gift":"unicorn"}}', "unknown_gift"),
+        (f'{{"type":"gift","id":"c3","room":"{room}","gift":"rose","count":0}}', "bad_count"),
+        (f'{{"type":"gift","id":"c4","room":"{room}","gift":"rose","count":-1}}', "bad_count"),
+        (f'{{"type":"gift","id":"c5","room":"{room}","gift":"rose","count":10000}}',
          "bad_count"),
-        ('{"type":"gift","id":"c6","room":"%s","gift":"rose"}' % other_room, "not_in_room"),
+        (f'{{"type":"gift","id":"c6","room":"{other_room}","gift":"rose"}}', "not_in_room"),
         ('{"type":"gift","id":"c7","room":"nosuch","gift":"rose"}', "not_in_room"),
         ('{"type":"join","room":"nosuch"}', "unknown_room"),
     ]
@@ -234,7 +234,7 @@ async def test_http_api(server: RunningServer, redis: Redis, pool: asyncpg.Pool)
 
 async def test_streamer_role_needs_no_coins_to_watch(
         server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
-    room, streamer = await make_room(pool, redis)
+    room, _streamer = await make_room(pool, redis)
     admin = await make_user(pool, redis, role=Role.ADMIN)
     c = await Client.connect(server, admin)
     assert (await c.join(room))["balance"] == 0

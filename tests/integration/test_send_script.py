@@ -126,7 +126,7 @@ async def test_bad_arguments_change_nothing(redis: Redis) -> None:
     assert int(await redis.get(keys.balance(1))) == 100
     assert await redis.xlen(keys.LEDGER_STREAM) == 0
     with pytest.raises(ResponseError, match="BAD_ARGS"):
-        await scripts.send_gifts(redis, header[:-1] + [3] + good + good)  # wrong length
+        await scripts.send_gifts(redis, [*header[:-1], 3, *good, *good])  # wrong length
     assert int(await redis.get(keys.balance(1))) == 100
 
 

@@ -41,7 +41,7 @@ def test_round_trip(fmt: WireFormat) -> None:
 
 @pytest.mark.parametrize("fmt", [J, M])
 def test_valid_messages(fmt: WireFormat) -> None:
-    enc = lambda m: encode(m, fmt)  # noqa: E731
+    enc = lambda m: encode(m, fmt)
     assert parse(enc({"type": "join", "room": "aurora"}), fmt, LIMITS) == Join("aurora")
     assert parse(enc({"type": "ping", "nonce": 7}), fmt, LIMITS) == Ping(7)
     assert parse(enc({"type": "gift", "id": "x:1", "room": "r", "gift": "rose", "count": 99}),

@@ -13,11 +13,19 @@ from gifts.send_rule import Outcome, Remembered, decide, fingerprint
 from rooms.frames import tick_payload_json, tick_payload_msgpack, ws_frame
 from rooms.periods import periods
 from rooms.ranking import Entry, TopN, apply_diff, rank_diff
-from server.auth import AuthError, Principal, Role, hash_password, issue_token, verify_password
-from server.auth import verify_token
+from server.auth import (
+    AuthError,
+    Principal,
+    Role,
+    hash_password,
+    issue_token,
+    verify_password,
+    verify_token,
+)
 from server.codec import WireFormat
 
 SH = ZoneInfo("Asia/Shanghai")
+KEY = "s3cret-s3cret-s3cret-s3cret-s3cret"
 
 
 def test_decide_order_id_then_balance_then_backlog() -> None:
@@ -116,11 +124,12 @@ def test_passwords_and_tokens() -> None:
     assert verify_password(h, "correct horse") and not verify_password(h, "wrong")
     assert not verify_password("not-a-hash", "x")
     p = Principal(7, "Ann", Role.VIEWER)
-    tok = issue_token("s3cret-s3cret-s3cret-s3cret-s3cret", p, ttl_s=60)
-    assert verify_token("s3cret-s3cret-s3cret-s3cret-s3cret", tok) == p
-    for bad, code in [("", "auth_required"), ("garbage", "bad_token"),
-                      (issue_token("other-other-other-other-other-other", p, 60), "bad_token"),
-                      (issue_token("s3cret-s3cret-s3cret-s3cret-s3cret", p, 60, now_s=0), "token_expired")]:
+    tok = issue_token(KEY, p, ttl_s=60)
+    assert verify_token(KEY, tok) == p
+    other = issue_token("other-other-other-other-other-other", p, 60)
+    old = issue_token(KEY, p, 60, now_s=0)
+    for bad, code in [("", "auth_required"), ("garbage", "bad_token"), (other, "bad_token"),
+                      (old, "token_expired")]:
         with pytest.raises(AuthError) as e:
-            verify_token("s3cret-s3cret-s3cret-s3cret-s3cret", bad)
+            verify_token(KEY, bad)
         assert e.value.code == code
