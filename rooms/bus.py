@@ -26,8 +26,8 @@ from server import keys
 log = logging.getLogger("giftd.bus")
 
 PRESENCE_EVERY_S = 1.0  # viewer counts are pushed and summed this often
-PRESENCE_TTL_MS = 5000
-SUBSCRIBE_TIMEOUT_S = 5.0  # a node's count is ignored once this old (a crashed node)
+PRESENCE_TTL_MS = 5000  # a node's count is ignored once this old (a crashed node)
+SUBSCRIBE_TIMEOUT_S = 5.0  # a room subscription not confirmed by then fails the join
 
 
 class RoomBus:
@@ -79,12 +79,20 @@ class RoomBus:
             # Subscribe first, snapshot second: every event after the snapshot's
             # seq is then certain to arrive on the channel (or be in history).
             confirmed = self._subscribed[channel.encode()] = asyncio.Event()
-            await self.pubsub.subscribe(channel)
             try:
+                await self.pubsub.subscribe(channel)
                 await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_TIMEOUT_S)
+                snap = await self._snapshot(room_id)
+            except BaseException:
+                # Leave nothing half-open behind: the next join starts afresh.
+                if self.hub.rooms.get(room_id) is room:
+                    del self.hub.rooms[room_id]
+                self._channels.pop(channel.encode(), None)
+                with contextlib.suppress(Exception):
+                    await self.pubsub.unsubscribe(channel)
+                raise
             finally:
                 self._subscribed.pop(channel.encode(), None)
-            snap = await self._snapshot(room_id)
             self.hub.init_from_snapshot(room, *snap)
             return room
 
@@ -96,6 +104,7 @@ class RoomBus:
             if room.members or self.hub.rooms.get(room.id) is not room:
                 return
             del self.hub.rooms[room.id]
+            self._locks.pop(room.id, None)
             channel = keys.room_channel(room.id)
             self._channels.pop(channel.encode(), None)
             await self.pubsub.unsubscribe(channel)
@@ -142,9 +151,9 @@ class RoomBus:
         if gap_from is None:
             return
         for missed in await self._history_since(room_id, gap_from):
-            self.hub.on_event(room_id, missed)
+            self.hub.on_event(room_id, missed, accept_gap=True)
         self.gaps_repaired += 1
-        self.hub.on_event(room_id, raw)
+        self.hub.on_event(room_id, raw, accept_gap=True)
 
     async def _history_since(self, room_id: str, from_seq: int) -> list[bytes]:
         """Events with seq >= from_seq from the room's history, oldest first."""

@@ -62,6 +62,7 @@ class Hub:
         self.slow_closes = 0
         self.ticks = 0
         self.tick_lag_ms = 0.0
+        self.gaps_unrepaired = 0
 
     # --- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -112,10 +113,12 @@ class Hub:
         }
 
     # --- events in --------------------------------------------------------
-    def on_event(self, room_id: str, raw: bytes) -> int | None:
+    def on_event(self, room_id: str, raw: bytes, *, accept_gap: bool = False) -> int | None:
         """Queue one event (raw JSON from the bus). Returns a seq gap start, if any.
 
         Events at or below the last accepted seq are repeats and are dropped.
+        With `accept_gap`, an event after a gap that history could not fill is
+        taken anyway (and counted): better a hole than a room that stops.
         """
         room = self.rooms.get(room_id)
         if room is None:
@@ -128,8 +131,11 @@ class Hub:
         if seq <= room.received_seq:
             return None
         if seq != room.received_seq + 1:
-            gap_from = room.received_seq + 1
-            return gap_from  # caller fetches the gap from history, then re-offers
+            if not accept_gap:
+                return room.received_seq + 1  # caller fills the gap from history, re-offers
+            self.gaps_unrepaired += 1
+            log.error("room %s: events %d..%d are lost to this node", room_id,
+                      room.received_seq + 1, seq - 1)
         room.received_seq = seq
         room.pending.append((raw, ev))
         if int(ev.get("value_coins", 0)) >= self.settings.urgent_value_coins:
@@ -165,26 +171,35 @@ class Hub:
                 log.exception("tick of room %s failed", room.id)
 
     def flush(self, room: LocalRoom) -> None:
+        """Write everything the room has buffered: one frame per wire format per chunk.
+
+        A chunk holds at most `tick_events_max` events, so a frame's size is
+        bounded; a tick that received more sends several frames. The buffer
+        therefore never holds more than one tick's arrivals.
+        """
         room.urgent = False
         viewers = max(room.viewers_total, len(room.members))
-        viewers_changed = viewers != room.viewers_sent
-        if not room.pending and not viewers_changed:
+        if not room.pending and viewers == room.viewers_sent:
             return
         limit = self.settings.tick_events_max
-        batch, room.pending = room.pending[:limit], room.pending[limit:]
-        if room.pending:
-            room.urgent = True  # the rest rolls into the next tick; flush again soon
-            self._wake.set()
+        while True:
+            chunk, room.pending = room.pending[:limit], room.pending[limit:]
+            self._broadcast(room, chunk, viewers)
+            if not room.pending:
+                break
+
+    def _broadcast(self, room: LocalRoom, chunk: list[tuple[bytes, dict[str, Any]]],
+                   viewers: int) -> None:
         before = room.top.entries()
         earnings_delta = 0
-        for _, ev in batch:
+        for _, ev in chunk:
             sender = ev.get("sender") or {}
             room.top.update(int(sender.get("id", 0)), str(sender.get("name", "")),
                             int(ev["sender_total"]))
             room.room_total = max(room.room_total, int(ev["room_total"]))
             earnings_delta += int(ev.get("value_coins", 0))
-        if batch:
-            room.broadcast_seq = int(batch[-1][1]["seq"])
+        if chunk:
+            room.broadcast_seq = int(chunk[-1][1]["seq"])
         diff = rank_diff(before, room.top.entries())
         room.viewers_sent = viewers
         seq = room.broadcast_seq
@@ -194,22 +209,22 @@ class Hub:
             frame = frames.get(conn.fmt)
             if frame is None:
                 if conn.fmt is WireFormat.MSGPACK:
-                    payload = tick_payload_msgpack(room.id, [ev for _, ev in batch], diff,
+                    payload = tick_payload_msgpack(room.id, [ev for _, ev in chunk], diff,
                                                    viewers, seq)
                 else:
-                    payload = tick_payload_json(room.id, [raw for raw, _ in batch], diff,
+                    payload = tick_payload_json(room.id, [raw for raw, _ in chunk], diff,
                                                 viewers, seq)
                 frame = frames[conn.fmt] = ws_frame(payload, conn.fmt)
             if conn.write_frame(frame):
                 self.frames_written += 1
-                self.events_delivered += len(batch)
+                self.events_delivered += len(chunk)
             else:
                 dead.append(conn.id)
                 if conn.slow:
                     self.slow_closes += 1
-        if batch and earnings_delta:
+        if chunk and earnings_delta:
             feed = {"type": "earnings", "room": room.id, "room_total": room.room_total,
-                    "delta_coins": earnings_delta, "gifts": len(batch), "seq": seq}
+                    "delta_coins": earnings_delta, "gifts": len(chunk), "seq": seq}
             for conn in room.members.values():
                 if conn.principal.user_id == room.streamer_id and not conn.closed:
                     conn.send(feed)

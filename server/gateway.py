@@ -106,6 +106,11 @@ class Session:
             try:
                 parsed = parse(data, self.conn.fmt, self.limits)
                 if isinstance(parsed, SendGift):
+                    # Membership is decided now, in message order, not when the
+                    # send task gets to run (a `join` may follow right behind).
+                    if self.conn.room != parsed.room:
+                        raise ProtocolError("not_in_room", "join the room before sending to it",
+                                            parsed.id)
                     await self.in_flight.acquire()
                     task = asyncio.create_task(self.send_gift(parsed))
                     self.tasks.add(task)
@@ -129,12 +134,15 @@ class Session:
             raise ProtocolError("unknown_room", "no such room")
         await self.leave()
         try:
+            balance = await ctx.redis.get(keys.balance(self.principal.user_id))
             room = await ctx.bus.open_room(room_info.id, room_info.streamer_id)
         except Exception as exc:
             log.warning("join %s failed: %r", msg.room, exc)
             raise ProtocolError("unavailable", "the room could not be opened; retry") from None
+        # No await from here to the `joined` write: the snapshot is the room's
+        # broadcast state at the instant we become a member, so our first tick
+        # holds exactly the events after it.
         ctx.hub.add(room, self.conn)
-        balance = await ctx.redis.get(keys.balance(self.principal.user_id))
         snap = ctx.hub.snapshot(room)
         self.conn.send({
             "type": "joined",
@@ -150,7 +158,10 @@ class Session:
     async def leave(self) -> None:
         room = self.ctx.hub.remove(self.conn)
         if room is not None:
-            await self.ctx.bus.close_room_if_empty(room)
+            try:
+                await self.ctx.bus.close_room_if_empty(room)
+            except Exception as exc:  # Redis away: the presence TTL clears our count
+                log.warning("leaving room %s: %r", room.id, exc)
 
     async def send_gift(self, msg: SendGift) -> None:
         try:
@@ -161,8 +172,6 @@ class Session:
 
     async def _send_gift(self, msg: SendGift) -> dict[str, Any]:
         ctx = self.ctx
-        if self.conn.room != msg.room:
-            raise ProtocolError("not_in_room", "join the room before sending to it", msg.id)
         gift = ctx.catalog.get(msg.gift)
         if gift is None:
             raise ProtocolError("unknown_gift", f"no gift '{msg.gift[:32]}'", msg.id)

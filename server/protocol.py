@@ -79,9 +79,7 @@ def parse(data: bytes | str, fmt: WireFormat, limits: Limits) -> Message:
         raise ProtocolError("bad_frame", f"the frame is not valid {fmt.value}") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", "a message is an object with a 'type'")
-    kind = msg.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError("missing_field", "field 'type' is required")
+    kind = _field(msg, "type", str)
     if kind == "gift":
         raw_id = msg.get("id")
         ref = raw_id if isinstance(raw_id, str) else None

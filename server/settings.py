@@ -13,6 +13,10 @@ from typing import Literal
 
 DurabilityMode = Literal["always", "everysec"]
 
+# uvicorn closes a connection (1009) on a message above this; below it, our own
+# frame_bytes_max answers with a `frame_too_large` error and keeps the socket.
+WS_MESSAGE_BYTES_HARD_MAX = 64 * 1024
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -60,7 +64,7 @@ class Settings:
     ranking_top_n: int = 10  # entries in the ranking snapshot and diffs
     room_history_max: int = 2000  # room events kept in Redis for gap repair / resume
     outbound_bytes_max: int = 1 << 20  # per-connection unsent bytes before it is dropped (4008)
-    tick_events_max: int = 500  # events in one tick frame; more roll into the next tick
+    tick_events_max: int = 500  # events in one frame; a tick with more sends several frames
     # --- the send path ----------------------------------------------------
     send_batch_max: int = 256  # gifts debited by one script call
     send_queue_max: int = 20_000  # sends waiting for the debit batcher; beyond: `overloaded`
@@ -110,7 +114,10 @@ class Settings:
             ledger_backlog_max=_env_int("GIFTD_LEDGER_BACKLOG_MAX", d.ledger_backlog_max),
             flush_batch_max=_env_int("GIFTD_FLUSH_BATCH_MAX", d.flush_batch_max),
             flush_claim_idle_ms=_env_int("GIFTD_FLUSH_CLAIM_IDLE_MS", d.flush_claim_idle_ms),
-            flusher_enabled=_env("GIFTD_FLUSHER", "1") not in ("0", "false", "no"),
+            flusher_enabled=_env("GIFTD_FLUSHER", "1").lower() not in ("0", "false", "no", "off"),
+            client_id_chars_max=_env_int("GIFTD_CLIENT_ID_CHARS_MAX", d.client_id_chars_max),
+            tick_events_max=_env_int("GIFTD_TICK_EVENTS_MAX", d.tick_events_max),
+            flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
         )
@@ -118,7 +125,49 @@ class Settings:
         unknown = set(overrides) - known
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
-        return replace(base, **overrides)  # type: ignore[arg-type]
+        if os.environ.get("GIFTD_NODE_ID"):
+            base = replace(base, node_id=os.environ["GIFTD_NODE_ID"])
+        settings = replace(base, **overrides)  # type: ignore[arg-type]
+        problems = settings.problems()
+        if problems:
+            raise SystemExit("bad settings:\n  " + "\n  ".join(problems))
+        return settings
+
+    def problems(self) -> list[str]:
+        """Every setting outside its sane range, as readable lines (empty: all fine)."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        ranges: list[tuple[str, int, int]] = [
+            ("port", 0, 65535),
+            ("token_ttl_s", 60, 90 * 24 * 3600),
+            ("frame_bytes_max", 256, WS_MESSAGE_BYTES_HARD_MAX),
+            ("gift_count_max", 1, 1_000_000),
+            ("client_id_chars_max", 8, 256),
+            ("tick_ms", 5, 1000),
+            ("urgent_value_coins", 1, 2**53),
+            ("ranking_top_n", 1, 100),
+            ("room_history_max", 100, 1_000_000),
+            ("outbound_bytes_max", 64 * 1024, 1 << 30),
+            ("tick_events_max", 1, 10_000),
+            ("send_batch_max", 1, 2000),
+            ("send_queue_max", 1, 10_000_000),
+            ("idempotency_ttl_s", 60, 365 * 24 * 3600),
+            ("ledger_backlog_max", 1, 1_000_000_000),
+            ("flush_batch_max", 1, 50_000),
+            ("flush_block_ms", 1, 60_000),
+            ("flush_claim_idle_ms", 0, 24 * 3600 * 1000),
+            ("coins_per_yuan", 1, 1_000_000),
+        ]
+        out = []
+        for name, lo, hi in ranges:
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                out.append(f"{name}={value} is outside {lo}..{hi}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            out.append(f"timezone={self.timezone!r} is not a known time zone")
+        return out
 
     @property
     def embedded_redis(self) -> bool:

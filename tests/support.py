@@ -60,8 +60,10 @@ class RunningServer:
 
     async def start(self) -> None:
         from server.app import create_app
-        from server.cli import WS_MESSAGE_BYTES_HARD_MAX
+        from server.cli import quiet_refused_handshakes
+        from server.settings import WS_MESSAGE_BYTES_HARD_MAX
 
+        quiet_refused_handshakes()
         self._app = create_app(self.settings, self.redis_url, self.database_url)
         config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port,
                                 ws="websockets-sansio", ws_max_size=WS_MESSAGE_BYTES_HARD_MAX,

@@ -57,7 +57,7 @@ def test_valid_messages(fmt: WireFormat) -> None:
         ([1, 2], "bad_message"),
         ("hello", "bad_message"),
         ({"no": "type"}, "missing_field"),
-        ({"type": 5}, "missing_field"),
+        ({"type": 5}, "bad_field"),
         ({"type": "dance"}, "unknown_type"),
         ({"type": "join"}, "missing_field"),
         ({"type": "join", "room": 5}, "bad_field"),
