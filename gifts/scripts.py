@@ -8,9 +8,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+PRELUDE = "_room_event"  # shared helpers, prepended to every script that appends room events
+
 
 def lua_source(name: str) -> str:
-    return (resources.files("gifts") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """The script's source, with the shared prelude in front when it uses it."""
+    text = (resources.files("gifts") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    if "room_event(" in text or "end_combo(" in text or "now_ms_of_redis(" in text:
+        prelude = (resources.files("gifts") / "lua" / f"{PRELUDE}.lua").read_text(
+            encoding="utf-8")
+        text = prelude + "\n" + text
+    return text
 
 
 class Script:
@@ -40,7 +48,8 @@ class Scripts:
     def __init__(self) -> None:
         self.send_gifts = Script("send_gifts")
         self.credit = Script("credit")
+        self.end_combos = Script("end_combos")
 
     async def load(self, redis: Redis) -> None:
-        for s in (self.send_gifts, self.credit):
+        for s in (self.send_gifts, self.credit, self.end_combos):
             await s.load(redis)

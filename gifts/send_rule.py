@@ -36,9 +36,10 @@ class Decision:
     debit_coins: int  # what this decision takes from the balance (only ok > 0)
 
 
-def fingerprint(room: str, gift_code: str, count: int) -> str:
-    """What must match for a re-sent id to be the same gift."""
-    return f"{room}|{gift_code}|{count}"
+def fingerprint(room: str, gift_code: str, count: int, unit_price_coins: int) -> str:
+    """What must match for a re-sent id to be the same gift (the price matters for
+    custom-amount tips, whose price is the amount the sender chose)."""
+    return f"{room}|{gift_code}|{count}|{unit_price_coins}"
 
 
 def decide(

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from redis.asyncio import Redis
 
-from gifts.catalog import Gift, tier_for
+from gifts.catalog import TIER_FLOORS_COINS, Gift, tier_for
 from gifts.scripts import Script
 from gifts.send_rule import Outcome, fingerprint
 from rooms.periods import BOARD_TTL_S, periods
@@ -49,7 +49,6 @@ class SendRequest:
             {
                 "type": "gift",
                 "room": self.room,
-                "sender": {"id": self.user_id, "name": self.user_name},
                 "gift": self.gift.code,
                 "gift_name": self.gift.name,
                 "kind": self.gift.kind,
@@ -62,17 +61,21 @@ class SendRequest:
         )
         return body[1:]
 
+    def sender_json(self) -> bytes:
+        return orjson.dumps({"id": self.user_id, "name": self.user_name})
+
     def argv(self) -> list[bytes | str | int]:
         return [
             self.user_id,
             self.client_id,
-            fingerprint(self.room, self.gift.code, self.count),
+            fingerprint(self.room, self.gift.code, self.count, self.gift.price_coins),
             self.room,
             self.streamer_id,
             self.gift.code,
             self.count,
             self.gift.price_coins,
             self.amount,
+            self.sender_json(),
             self.json_tail(),
         ]
 
@@ -156,7 +159,7 @@ class GiftSender:
         day, week, month = periods(int(time.time() * 1000), self._tz)
         args: list[bytes | str | int] = [
             keys.PREFIX, s.idempotency_ttl_s, s.ledger_backlog_max, s.room_history_max,
-            day, week, month, BOARD_TTL_S, len(reqs),
+            day, week, month, BOARD_TTL_S, s.combo_window_ms, *TIER_FLOORS_COINS[1:], len(reqs),
         ]
         for r in reqs:
             args.extend(r.argv())

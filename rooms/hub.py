@@ -138,7 +138,8 @@ class Hub:
                       room.received_seq + 1, seq - 1)
         room.received_seq = seq
         room.pending.append((raw, ev))
-        if int(ev.get("value_coins", 0)) >= self.settings.urgent_value_coins:
+        if ev.get("type") == "gift" and (
+                int(ev.get("value_coins", 0)) >= self.settings.urgent_value_coins):
             room.urgent = True
             self._wake.set()
         return None
@@ -193,10 +194,12 @@ class Hub:
         before = room.top.entries()
         earnings_delta = 0
         for _, ev in chunk:
+            if ev.get("type") != "gift":
+                continue  # streak ends and other room events move no totals
             sender = ev.get("sender") or {}
             room.top.update(int(sender.get("id", 0)), str(sender.get("name", "")),
-                            int(ev["sender_total"]))
-            room.room_total = max(room.room_total, int(ev["room_total"]))
+                            int(ev.get("sender_total", 0)))
+            room.room_total = max(room.room_total, int(ev.get("room_total", 0)))
             earnings_delta += int(ev.get("value_coins", 0))
         if chunk:
             room.broadcast_seq = int(chunk[-1][1]["seq"])

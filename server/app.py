@@ -29,7 +29,7 @@ from rooms.conn import CaptureWsProtocol
 from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
-from server import api
+from server import api, keys
 from server.context import Ctx
 from server.gateway import ws_endpoint
 from server.metrics import Metrics
@@ -90,6 +90,28 @@ async def warn_on_weak_persistence(redis: Redis, settings: Settings) -> None:
                     get("appendonly"), get("appendfsync"), settings.durability)
 
 
+COMBO_END_EVERY_S = 0.25  # streak ends are noticed this late at most (on top of the window)
+COMBO_ENDS_PER_CALL_MAX = 500  # streaks closed by one script call
+
+
+async def _combo_end_loop(ctx: Ctx) -> None:
+    """Close streaks whose window passed. Every process runs this; the script makes
+    each end happen exactly once."""
+    from gifts.catalog import TIER_FLOORS_COINS
+
+    s = ctx.settings
+    args = [keys.PREFIX, s.combo_window_ms, s.room_history_max, COMBO_ENDS_PER_CALL_MAX,
+            *TIER_FLOORS_COINS[1:]]
+    while True:
+        try:
+            await ctx.scripts.end_combos(ctx.redis, args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("combo ends: %r", exc)
+        await asyncio.sleep(COMBO_END_EVERY_S)
+
+
 async def _outbox_loop(ctx: Ctx) -> None:
     while True:
         try:
@@ -137,7 +159,8 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
         ctx.sender.start()
         hub.start()
         await ctx.bus.start()
-        tasks = [asyncio.create_task(_outbox_loop(ctx), name="credit-outbox")]
+        tasks = [asyncio.create_task(_outbox_loop(ctx), name="credit-outbox"),
+                 asyncio.create_task(_combo_end_loop(ctx), name="combo-ends")]
         if settings.flusher_enabled:
             ctx.flusher = Flusher(redis, pool, consumer=f"flusher-{settings.node_id}",
                                   batch_max=settings.flush_batch_max,

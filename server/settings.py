@@ -64,6 +64,7 @@ class Settings:
     ranking_top_n: int = 10  # entries in the ranking snapshot and diffs
     room_history_max: int = 2000  # room events kept in Redis for gap repair / resume
     outbound_bytes_max: int = 1 << 20  # per-connection unsent bytes before it is dropped (4008)
+    combo_window_ms: int = 3000  # the same gift again within this grows the sender's streak
     tick_events_max: int = 500  # events in one frame; a tick with more sends several frames
     # --- the send path ----------------------------------------------------
     send_batch_max: int = 256  # gifts debited by one script call
@@ -117,6 +118,7 @@ class Settings:
             flusher_enabled=_env("GIFTD_FLUSHER", "1").lower() not in ("0", "false", "no", "off"),
             client_id_chars_max=_env_int("GIFTD_CLIENT_ID_CHARS_MAX", d.client_id_chars_max),
             tick_events_max=_env_int("GIFTD_TICK_EVENTS_MAX", d.tick_events_max),
+            combo_window_ms=_env_int("GIFTD_COMBO_WINDOW_MS", d.combo_window_ms),
             flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
@@ -149,6 +151,7 @@ class Settings:
             ("room_history_max", 100, 1_000_000),
             ("outbound_bytes_max", 64 * 1024, 1 << 30),
             ("tick_events_max", 1, 10_000),
+            ("combo_window_ms", 100, 60_000),
             ("send_batch_max", 1, 2000),
             ("send_queue_max", 1, 10_000_000),
             ("idempotency_ttl_s", 60, 365 * 24 * 3600),

@@ -121,7 +121,7 @@ class Client:
         self.acks: dict[str, dict[str, Any]] = {}  # latest ack per id
         self.ack_log: list[dict[str, Any]] = []  # every ack, in arrival order
         self.errors: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []  # gift events from ticks, in arrival order
+        self.events: list[dict[str, Any]] = []  # room events from ticks, in arrival order
         self.ticks: list[dict[str, Any]] = []
         self._new = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
@@ -150,6 +150,10 @@ class Client:
                     self.events.extend(msg["events"])
                 async with self._new:
                     self._new.notify_all()
+
+    @property
+    def gifts(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "gift"]
 
     async def send(self, msg: dict[str, Any]) -> None:
         await self.ws.send(msgpack.packb(msg) if self.msgpack else orjson.dumps(msg).decode())

@@ -5,14 +5,16 @@
 -- changes nothing), and each gift is fully decided (idempotency, balance,
 -- backlog) before its first write. The pure twin is gifts/send_rule.py; one
 -- table of cases runs against both (tests/integration/test_send_script.py).
+-- room_event / end_combo come from _room_event.lua, prepended at load time.
 --
 -- ARGV header:
 --   1 key prefix         2 idempotency ttl s   3 ledger backlog max
 --   4 room history max   5 day period           6 week period
---   7 month period       8 board ttl s          9 gift count in batch
--- then 10 fields per gift:
+--   7 month period       8 board ttl s          9 combo window ms
+--   10..12 tier floors (2, 3, 4) in coins      13 gift count in batch
+-- then 11 fields per gift:
 --   uid, client_id, fingerprint, room, streamer_id, gift_code, count,
---   unit_price, amount, json_tail (the event JSON after its opening brace)
+--   unit_price, amount, sender_json, json_tail (the event JSON after its brace)
 --
 -- Returns one array per gift: {outcome, balance, event_id, seq}
 --   outcome: ok | duplicate | conflict | insufficient_balance | backlog_full
@@ -23,10 +25,13 @@ local backlog_max = tonumber(ARGV[3])
 local hist_max = tonumber(ARGV[4])
 local periods = {ARGV[5], ARGV[6], ARGV[7]}
 local board_ttl = tonumber(ARGV[8])
-local n = tonumber(ARGV[9])
-local H, F = 9, 10
+local window = tonumber(ARGV[9])
+local t2, t3, t4 = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local n = tonumber(ARGV[13])
+local H, F = 13, 11
 
-if not (idem_ttl and backlog_max and hist_max and board_ttl and n) then
+if not (idem_ttl and backlog_max and hist_max and board_ttl and window and t2 and t3 and t4
+        and n) then
   return redis.error_reply('BAD_ARGS header')
 end
 if #ARGV ~= H + n * F then
@@ -44,8 +49,7 @@ end
 
 local ledger = P .. 'ledger'
 local backlog = redis.call('XLEN', ledger)
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = now_ms_of_redis()
 local results = {}
 local touched_boards = false
 
@@ -54,18 +58,16 @@ for i = 0, n - 1 do
   local uid, cid, fp, room = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local streamer, code = ARGV[b + 5], ARGV[b + 6]
   local count, unit, amount = ARGV[b + 7], ARGV[b + 8], tonumber(ARGV[b + 9])
-  local tail = ARGV[b + 10]
+  local sender_json, tail = ARGV[b + 10], ARGV[b + 11]
   local idem_key = P .. 'idem:' .. uid .. ':' .. cid
   local bal_key = P .. 'bal:' .. uid
 
   -- 1. decide, without writing
   local prev = redis.call('HMGET', idem_key, 'fp', 'bal', 'eid', 'seq')
-  local outcome
   local balance = tonumber(redis.call('GET', bal_key) or '0')
   if prev[1] then
     if prev[1] == fp then
-      outcome = 'duplicate'
-      results[i + 1] = {outcome, prev[2], prev[3], prev[4]}
+      results[i + 1] = {'duplicate', prev[2], prev[3], prev[4]}
     else
       results[i + 1] = {'conflict', tostring(balance), prev[3], prev[4]}
     end
@@ -74,7 +76,7 @@ for i = 0, n - 1 do
   elseif backlog >= backlog_max then
     results[i + 1] = {'backlog_full', tostring(balance), '', '0'}
   else
-    -- 2. write: debit, ledger, boards, room event, publish, remember
+    -- 2. write: debit, ledger, boards, streak, room event, remember
     local new_balance = redis.call('DECRBY', bal_key, amount)
     local eid = redis.call('XADD', ledger, '*',
       'k', 'gift', 's', uid, 'r', room, 'st', streamer, 'g', code,
@@ -87,11 +89,26 @@ for i = 0, n - 1 do
       redis.call('ZINCRBY', P .. 'board:gifter:' .. period, amount, uid)
     end
     touched_boards = true
-    local seq = redis.call('INCR', P .. 'room:' .. room .. ':seq')
-    local payload = '{"seq":' .. seq .. ',"event_id":"' .. eid .. '","ts_ms":' .. now_ms
-      .. ',"sender_total":' .. sender_total .. ',"room_total":' .. room_total .. ',' .. tail
-    redis.call('XADD', P .. 'room:' .. room .. ':hist', 'MAXLEN', '~', hist_max, '*', 'p', payload)
-    redis.call('PUBLISH', P .. 'room:' .. room .. ':ch', payload)
+    -- The streak: same sender, same gift, same room, within the window.
+    local member = room .. ':' .. uid .. ':' .. code
+    local ck = P .. 'combo:' .. member
+    local c = redis.call('HMGET', ck, 'id', 'n', 'v', 'last')
+    local combo_id, combo_n, combo_v
+    if c[1] and now_ms - tonumber(c[4]) <= window then
+      combo_id, combo_n, combo_v = c[1], tonumber(c[2]) + tonumber(count), tonumber(c[3]) + amount
+    else
+      if c[1] then  -- a streak that ran out but was not closed yet: close it first
+        end_combo(P, ck, member, now_ms, hist_max, t2, t3, t4)
+      end
+      combo_id, combo_n, combo_v = eid, tonumber(count), amount
+    end
+    redis.call('HSET', ck, 'id', combo_id, 'n', combo_n, 'v', combo_v, 'last', now_ms,
+               'room', room, 'sender', sender_json, 'gift', code)
+    redis.call('ZADD', P .. 'combo:due', now_ms + window, member)
+    local seq, payload = room_event(P, room, now_ms, hist_max,
+      '"event_id":"' .. eid .. '","sender_total":' .. sender_total .. ',"room_total":'
+      .. room_total .. ',"combo_id":"' .. combo_id .. '","combo_count":' .. combo_n
+      .. ',"combo_value":' .. combo_v .. ',"sender":' .. sender_json .. ',' .. tail)
     redis.call('HSET', idem_key, 'fp', fp, 'bal', new_balance, 'eid', eid, 'seq', seq)
     redis.call('EXPIRE', idem_key, idem_ttl)
     local recent_key = P .. 'user:' .. uid .. ':recent'

@@ -60,7 +60,8 @@ async def test_script_matches_pure_rule(case: Case, redis: Redis) -> None:
         s0 = GiftSender(redis, scripts.send_gifts, settings_for_tests(ledger_backlog_max=10**6))
         first = (await s0.send_many([req(prior_gift, case.prior[1])]))[0]
         assert first.outcome is Outcome.OK
-        remembered = Remembered(fingerprint("r1", prior_gift.code, case.prior[1]),
+        remembered = Remembered(fingerprint("r1", prior_gift.code, case.prior[1],
+                                            prior_gift.price_coins),
                                 first.balance, first.event_id, first.seq)
     await redis.set(keys.balance(1), start_balance)
     for i in range(case.backlog):
@@ -74,8 +75,8 @@ async def test_script_matches_pure_rule(case: Case, redis: Redis) -> None:
                         settings_for_tests(ledger_backlog_max=case.backlog_max))
     got = (await sender.send_many([req(case.gift, case.count)]))[0]
     want = decide(balance=start_balance, amount=case.gift.price_coins * case.count,
-                  fp=fingerprint("r1", case.gift.code, case.count), remembered=remembered,
-                  backlog=case.backlog, backlog_max=case.backlog_max)
+                  fp=fingerprint("r1", case.gift.code, case.count, case.gift.price_coins),
+                  remembered=remembered, backlog=case.backlog, backlog_max=case.backlog_max)
     assert got.outcome is want.outcome is case.outcome
     assert got.balance == want.balance
     after_balance = int(await redis.get(keys.balance(1)) or 0)
@@ -120,7 +121,7 @@ async def test_bad_arguments_change_nothing(redis: Redis) -> None:
     good = SendRequest(1, "Ann", "ok1", "r1", 9, ROSE, 1).argv()
     bad = list(good)
     bad[8] = 5  # amount != count * unit
-    header = [keys.PREFIX, 60, 100, 100, "d1", "w1", "m1", 60, 2]
+    header = [keys.PREFIX, 60, 100, 100, "d1", "w1", "m1", 60, 3000, 100, 1000, 10000, 2]
     with pytest.raises(ResponseError, match="BAD_ARGS"):
         await scripts.send_gifts(redis, header + good + bad)
     assert int(await redis.get(keys.balance(1))) == 100

@@ -29,14 +29,14 @@ KEY = "s3cret-s3cret-s3cret-s3cret-s3cret"
 
 
 def test_decide_order_id_then_balance_then_backlog() -> None:
-    fp = fingerprint("r", "rose", 1)
+    fp = fingerprint("r", "rose", 1, 1)
     seen = Remembered(fp, 90, "1-0", 4)
     common = {"amount": 10, "fp": fp, "backlog": 0, "backlog_max": 5}
     assert decide(balance=100, remembered=None, **common).outcome is Outcome.OK
     assert decide(balance=100, remembered=None, **common).balance == 90
     dup = decide(balance=0, remembered=seen, **common)  # replay even when broke now
     assert (dup.outcome, dup.balance, dup.debit_coins) == (Outcome.DUPLICATE, 90, 0)
-    other = Remembered("r|rose|2", 90, "1-0", 4)
+    other = Remembered(fingerprint("r", "rose", 2, 1), 90, "1-0", 4)
     assert decide(balance=100, remembered=other, **common).outcome is Outcome.CONFLICT
     assert decide(balance=9, remembered=None, **common).outcome is Outcome.INSUFFICIENT_BALANCE
     assert decide(balance=10, remembered=None, **common).outcome is Outcome.OK  # exactly enough
