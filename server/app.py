@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from billing import api as billing_api
 from billing import credits
 from billing.flusher import Flusher
 from billing.migrate import migrate
@@ -167,6 +168,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
                                   block_ms=settings.flush_block_ms,
                                   claim_idle_ms=settings.flush_claim_idle_ms)
             tasks.append(asyncio.create_task(ctx.flusher.run(), name="flusher"))
+        tasks += billing_api.start(app, ctx)  # recharge sweeps, sandbox notifier, debit resume
         if on_ready is not None:
             on_ready()
         try:
@@ -208,6 +210,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             Route("/api/rooms", api.rooms),
             Route("/api/demo", api.demo),
             Route("/api/rooms/{room}/leaderboard", api.leaderboard),
+            *billing_api.routes(),
             WebSocketRoute("/ws", ws_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         ],

@@ -35,6 +35,11 @@ def credit_marker(op_id: str) -> str:
     return f"{PREFIX}credit:{op_id}"
 
 
+def debit_marker(op_id: str) -> str:
+    """String: set once a debit (refund, negative adjustment) has left a balance."""
+    return f"{PREFIX}debit:{op_id}"
+
+
 def recent(user_id: int) -> str:
     """List: the user's latest accepted gift events (JSON), newest first, capped."""
     return f"{PREFIX}user:{user_id}:recent"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 DurabilityMode = Literal["always", "everysec"]
 
@@ -79,6 +79,29 @@ class Settings:
     # --- money ------------------------------------------------------------
     coins_per_yuan: int = 10  # exchange rate; all amounts are integer coins
     timezone: str = "Asia/Shanghai"  # boards roll over at local midnight/week/month
+    # --- recharge orders and payment channels (billing/recharge.py) ---------
+    recharge_custom_min_fen: int = 100  # a custom recharge is at least 1 yuan
+    recharge_custom_max_fen: int = 500_000  # ... and at most 5000 yuan
+    first_recharge_bonus_pct: int = 10  # first paid recharge: +10 % coins (0 turns it off)
+    first_recharge_bonus_max_coins: int = 500  # ... capped at this many coins
+    order_expiry_s: int = 15 * 60  # an unpaid order closes after this
+    order_query_after_s: int = 5 * 60  # a pending order this old is queried from its channel
+    order_sweep_every_s: int = 30  # how often pending orders are queried / expired
+    orders_pending_max: int = 20  # unpaid orders one user may hold at once
+    adjustment_coins_max: int = 10_000_000  # one manual adjustment moves at most this many coins
+    public_base_url: str = ""  # where channels send notifies; empty: http://host:port
+    sandbox_enabled: bool = False  # the built-in test channel (on with --demo); never in production
+    sandbox_key: str = ""  # HMAC key of sandbox notifies; empty: derived from the secret
+    sandbox_notify_schedule_s: tuple[int, ...] = (0, 15, 60, 300, 1800, 3600, 10800)
+    sandbox_duplicate_pct: int = 10  # % of sandbox notifies sent twice
+    alipay_app_id: str = ""  # empty: the alipay channel is off
+    alipay_seller_id: str = ""  # checked against seller_id when set
+    alipay_public_key_path: str = ""  # Alipay's RSA public key (PEM)
+    wechatpay_mchid: str = ""  # empty: the wechatpay channel is off
+    wechatpay_appid: str = ""
+    wechatpay_apiv3_key: str = ""  # 32 chars
+    wechatpay_platform_key_path: str = ""  # the platform public key (PEM)
+    wechatpay_platform_serial: str = ""  # its serial, as sent in Wechatpay-Serial
     # --- misc -------------------------------------------------------------
     demo: bool = False
     node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
@@ -122,6 +145,7 @@ class Settings:
             flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
+            **_money_in_env(d),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -160,6 +184,16 @@ class Settings:
             ("flush_block_ms", 1, 60_000),
             ("flush_claim_idle_ms", 0, 24 * 3600 * 1000),
             ("coins_per_yuan", 1, 1_000_000),
+            ("recharge_custom_min_fen", 1, 10**10),
+            ("recharge_custom_max_fen", 1, 10**10),
+            ("first_recharge_bonus_pct", 0, 1000),
+            ("first_recharge_bonus_max_coins", 0, 10**12),
+            ("order_expiry_s", 60, 7 * 24 * 3600),
+            ("order_query_after_s", 0, 7 * 24 * 3600),
+            ("order_sweep_every_s", 1, 3600),
+            ("orders_pending_max", 1, 10_000),
+            ("adjustment_coins_max", 1, 10**15),
+            ("sandbox_duplicate_pct", 0, 100),
         ]
         out = []
         for name, lo, hi in ranges:
@@ -173,9 +207,34 @@ class Settings:
         return out
 
     @property
+    def sandbox_active(self) -> bool:
+        return self.sandbox_enabled or self.demo
+
+    @property
     def embedded_redis(self) -> bool:
         return not self.redis_url
 
     @property
     def embedded_postgres(self) -> bool:
         return not self.database_url
+
+def _money_in_env(d: Settings) -> dict[str, Any]:
+    """The recharge/channel settings from the environment (see docs/configuration.md)."""
+    schedule = _env("GIFTD_SANDBOX_NOTIFY_SCHEDULE_S", "")
+    try:
+        sched = (tuple(int(x) for x in schedule.split(",") if x.strip()) if schedule
+                 else d.sandbox_notify_schedule_s)
+    except ValueError as exc:
+        raise SystemExit("GIFTD_SANDBOX_NOTIFY_SCHEDULE_S must be comma-separated seconds") from exc
+    ints = ("recharge_custom_min_fen", "recharge_custom_max_fen", "first_recharge_bonus_pct",
+            "first_recharge_bonus_max_coins", "order_expiry_s", "order_query_after_s",
+            "order_sweep_every_s", "orders_pending_max", "adjustment_coins_max",
+            "sandbox_duplicate_pct")
+    strs = ("public_base_url", "sandbox_key", "alipay_app_id", "alipay_seller_id",
+            "alipay_public_key_path", "wechatpay_mchid", "wechatpay_appid",
+            "wechatpay_apiv3_key", "wechatpay_platform_key_path", "wechatpay_platform_serial")
+    out: dict[str, Any] = {n: _env_int("GIFTD_" + n.upper(), getattr(d, n)) for n in ints}
+    out.update({n: _env("GIFTD_" + n.upper(), getattr(d, n)) for n in strs})
+    out["sandbox_enabled"] = _env("GIFTD_SANDBOX", "0").lower() in ("1", "true", "yes", "on")
+    out["sandbox_notify_schedule_s"] = sched
+    return out

@@ -224,8 +224,15 @@ async def check_invariants(redis: Redis, pool: asyncpg.Pool) -> dict[str, int]:
     pending_credits = {r["user_id"]: r["s"] for r in await pool.fetch(
         "SELECT user_id, sum(amount)::bigint AS s FROM credit_outbox WHERE applied_at IS NULL "
         "GROUP BY user_id")}
+    # Refund/adjustment debits taken from Redis but not yet journaled (a crash window).
+    pending_debits: dict[int, int] = {}
+    for r in await pool.fetch(
+            "SELECT op_id, user_id, amount FROM wallet_debits WHERE status = 'pending'"):
+        if await redis.exists(keys.debit_marker(r["op_id"])):
+            pending_debits[r["user_id"]] = pending_debits.get(r["user_id"], 0) + r["amount"]
     for uid in set(wallets) | set(ledger):
-        expect = ledger.get(uid, 0) - unflushed.get(uid, 0) - pending_credits.get(uid, 0)
+        expect = (ledger.get(uid, 0) - unflushed.get(uid, 0) - pending_credits.get(uid, 0)
+                  - pending_debits.get(uid, 0))
         assert wallets.get(uid, 0) == expect, (uid, wallets.get(uid), ledger.get(uid),
                                                unflushed.get(uid))
     # Conservation: wallets + unflushed debits + creator earnings + platform
@@ -236,8 +243,11 @@ async def check_invariants(redis: Redis, pool: asyncpg.Pool) -> dict[str, int]:
     wallets_total = sum(wallets.values())
     unflushed_total = sum(unflushed.values())
     pending_total = sum(pending_credits.values())
-    came_in = -(totals.get("promotion", 0) + totals.get("channel_clearing", 0))
+    # Coin sources run negative: promotion (grants, bonuses), channel_clearing (recharges);
+    # refunds and adjustments are their contra accounts (coins given back / corrected).
+    came_in = -(totals.get("promotion", 0) + totals.get("channel_clearing", 0)
+                + totals.get("refunds", 0) + totals.get("adjustments", 0))
     held = (wallets_total + pending_total + unflushed_total + totals.get("creator_pending", 0)
-            + totals.get("platform_revenue", 0))
+            + totals.get("platform_revenue", 0) + sum(pending_debits.values()))
     assert held == came_in, {"held": held, "came_in": came_in, **totals}
     return {"came_in": came_in, "wallets": wallets_total, "unflushed": unflushed_total}

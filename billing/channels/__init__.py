@@ -1,0 +1,1 @@
+"""Payment channels: alipay, wechatpay, and the built-in sandbox."""
