@@ -34,6 +34,7 @@ from server import api, keys
 from server.context import Ctx
 from server.gateway import ws_endpoint
 from server.metrics import Metrics
+from server.ratelimit import UserBuckets
 from server.settings import Settings
 
 log = logging.getLogger("giftd.app")
@@ -155,6 +156,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             hub=hub,
             bus=RoomBus(redis, hub, names, settings.node_id),
             metrics=metrics,
+            user_buckets=UserBuckets(settings.user_send_rate_per_s, settings.user_send_burst),
         )
         app.state.ctx = ctx
         ctx.sender.start()
@@ -174,12 +176,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
         try:
             yield
         finally:
-            # Tell viewers to reconnect elsewhere, then stop in dependency order.
-            from rooms.conn import CLOSE_GOING_AWAY
-
-            for room in list(hub.rooms.values()):
-                for viewer in list(room.members.values()):
-                    viewer.close(CLOSE_GOING_AWAY, "server shutting down")
+            ctx.say_goodbye()  # usually done already by GiftdServer.shutdown
             if ctx.flusher is not None:
                 ctx.flusher.stop()
             for t in tasks:

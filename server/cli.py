@@ -16,9 +16,8 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from server.settings import WS_MESSAGE_BYTES_HARD_MAX, Settings
+from server.settings import Settings
 
 log = logging.getLogger("giftd")
 
@@ -89,9 +88,8 @@ def _urls_from_running_serve(settings: Settings) -> tuple[str, str] | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from server.app import create_app
+    from server.runner import GiftdServer, uvicorn_config
 
     settings = Settings.from_env(demo=args.demo)
     if args.port is not None:
@@ -136,42 +134,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("Ctrl-C stops giftd and its embedded servers.", flush=True)
 
         app = create_app(settings, redis_url, database_url, on_ready=ready)
-        config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, loop="uvloop",
-            ws="websockets-sansio", ws_max_size=WS_MESSAGE_BYTES_HARD_MAX,
-            ws_per_message_deflate=False, lifespan="on", log_level=args.log_level,
-            timeout_graceful_shutdown=5, access_log=False,
-        )
+        config = uvicorn_config(app, settings.host, settings.port, args.log_level)
         try:
-            _Server(config).run()
+            GiftdServer(config).run()
         finally:
             with contextlib.suppress(OSError):
                 _run_file(settings).unlink()
     return 0
-
-
-class _Server:
-    """uvicorn's Server, minus re-raising SIGINT/SIGTERM after shutdown.
-
-    uvicorn re-raises the signal it caught once it has stopped, which would
-    kill us before we stop the embedded Valkey and Postgres.
-    """
-
-    def __new__(cls, config: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                previous = {sig: signal.signal(sig, self.handle_exit)
-                            for sig in (signal.SIGINT, signal.SIGTERM)}
-                try:
-                    yield
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
-
-        return Server(config)
 
 
 async def _seed_demo(database_url: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
@@ -16,7 +16,10 @@ from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
 from server.metrics import Metrics
+from server.ratelimit import UserBuckets
 from server.settings import Settings
+
+BYE_RECONNECT_AFTER_MS = 500  # told to viewers on shutdown: reconnect after about this long
 
 
 @dataclass
@@ -33,4 +36,15 @@ class Ctx:
     hub: Hub
     bus: RoomBus
     metrics: Metrics
+    user_buckets: UserBuckets = field(default_factory=lambda: UserBuckets(50, 100))
     flusher: Flusher | None = None
+
+    def say_goodbye(self) -> None:
+        """Tell every viewer to reconnect (elsewhere), then close with 1001."""
+        from rooms.conn import CLOSE_GOING_AWAY
+
+        bye = {"type": "bye", "reason": "shutdown", "reconnect_after_ms": BYE_RECONNECT_AFTER_MS}
+        for room in list(self.hub.rooms.values()):
+            for viewer in list(room.members.values()):
+                viewer.send(bye)
+                viewer.close(CLOSE_GOING_AWAY, "server shutting down")

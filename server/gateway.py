@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gifts.catalog import Gift
 from gifts.send_rule import Outcome
 from gifts.sender import Overloaded, SendRequest
-from rooms.conn import Conn
+from rooms.conn import CLOSE_JOIN_TIMEOUT, Conn
 from server import keys
 from server.auth import AuthError, Principal, verify_token
 from server.codec import negotiate
-from server.protocol import Join, Limits, Ping, ProtocolError, SendGift, parse
+from server.protocol import CUSTOM_TIP, Join, Limits, Ping, ProtocolError, SendGift, parse
+from server.ratelimit import TokenBucket, admit
 
 if TYPE_CHECKING:
     from server.context import Ctx
@@ -72,6 +76,7 @@ async def ws_endpoint(ws: WebSocket) -> None:
     try:
         await session.run()
     finally:
+        session._join_timer.cancel()
         ctx.metrics.connections.dec()
         await session.leave()
 
@@ -82,10 +87,21 @@ class Session:
     def __init__(self, ctx: Ctx, conn: Conn) -> None:
         self.ctx = ctx
         self.conn = conn
-        self.limits = Limits(ctx.settings.frame_bytes_max, ctx.settings.gift_count_max,
-                             ctx.settings.client_id_chars_max)
+        s = ctx.settings
+        self.limits = Limits(s.frame_bytes_max, s.gift_count_max, s.client_id_chars_max,
+                             s.custom_tip_min_coins, s.custom_tip_max_coins)
         self.in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT_MAX)
         self.tasks: set[asyncio.Task[None]] = set()
+        now = time.monotonic()
+        self.bucket = TokenBucket(s.send_rate_per_s, s.send_burst, now)
+        self.user_bucket = ctx.user_buckets.get(conn.principal.user_id, now)
+        self.joined_once = False
+        self._join_timer = asyncio.get_running_loop().call_later(
+            s.join_timeout_s, self._join_timeout)
+
+    def _join_timeout(self) -> None:
+        if not self.joined_once:
+            self.conn.close(CLOSE_JOIN_TIMEOUT, "join a room first")
 
     @property
     def principal(self) -> Principal:
@@ -111,12 +127,21 @@ class Session:
                     if self.conn.room != parsed.room:
                         raise ProtocolError("not_in_room", "join the room before sending to it",
                                             parsed.id)
+                    wait_s = admit(self.bucket, self.user_bucket, time.monotonic())
+                    if wait_s:
+                        exc = ProtocolError("rate_limited", "too many sends; slow down",
+                                            parsed.id)
+                        self.ctx.metrics.errors.labels(exc.code).inc()
+                        self.conn.send({**exc.as_message(),
+                                        "retry_after_ms": math.ceil(wait_s * 1000)})
+                        continue
                     await self.in_flight.acquire()
                     task = asyncio.create_task(self.send_gift(parsed))
                     self.tasks.add(task)
                     task.add_done_callback(self._send_done)
                 elif isinstance(parsed, Join):
                     await self.join(parsed)
+                    self.joined_once = True
                 elif isinstance(parsed, Ping):
                     self.conn.send({"type": "pong", "nonce": parsed.nonce})
             except ProtocolError as exc:
@@ -172,7 +197,9 @@ class Session:
 
     async def _send_gift(self, msg: SendGift) -> dict[str, Any]:
         ctx = self.ctx
-        gift = ctx.catalog.get(msg.gift)
+        gift = (Gift(CUSTOM_TIP, "Tip", msg.amount, "tip_coins", kind="tip")
+                if msg.gift == CUSTOM_TIP and msg.amount is not None
+                else ctx.catalog.get(msg.gift))
         if gift is None:
             raise ProtocolError("unknown_gift", f"no gift '{msg.gift[:32]}'", msg.id)
         room_info = await ctx.rooms.get(msg.room)

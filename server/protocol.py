@@ -35,12 +35,16 @@ class Join:
     room: str
 
 
+CUSTOM_TIP = "tip_custom"  # the gift code of a custom-amount tip; `amount` says how much
+
+
 @dataclass(frozen=True, slots=True)
 class SendGift:
     id: str
     room: str
     gift: str
     count: int
+    amount: int | None = None  # coins, only for CUSTOM_TIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,8 @@ class Limits:
     frame_bytes_max: int = 4096
     gift_count_max: int = 9999
     client_id_chars_max: int = 64
+    custom_tip_min_coins: int = 10
+    custom_tip_max_coins: int = 200_000
 
 
 def _field(msg: dict[str, Any], name: str, typ: type, ref: str | None = None) -> Any:
@@ -93,6 +99,16 @@ def parse(data: bytes | str, fmt: WireFormat, limits: Limits) -> Message:
         count = _field(msg, "count", int, ref) if "count" in msg else 1
         if count <= 0 or count > limits.gift_count_max:
             raise ProtocolError("bad_count", f"count must be 1..{limits.gift_count_max}", ref)
+        if gift == CUSTOM_TIP:
+            amount = _field(msg, "amount", int, ref)
+            lo, hi = limits.custom_tip_min_coins, limits.custom_tip_max_coins
+            if not lo <= amount <= hi:
+                raise ProtocolError("bad_amount", f"a custom tip is {lo}..{hi} coins", ref)
+            if count != 1:
+                raise ProtocolError("bad_count", "a custom tip is sent once (count 1)", ref)
+            return SendGift(cid, room, gift, 1, amount)
+        if "amount" in msg:
+            raise ProtocolError("bad_field", f"'amount' is only for '{CUSTOM_TIP}'", ref)
         return SendGift(cid, room, gift, count)
     if kind == "join":
         room = _field(msg, "room", str)

@@ -67,6 +67,13 @@ class Settings:
     combo_window_ms: int = 3000  # the same gift again within this grows the sender's streak
     tick_events_max: int = 500  # events in one frame; a tick with more sends several frames
     # --- the send path ----------------------------------------------------
+    custom_tip_min_coins: int = 10  # a custom-amount tip (gift `tip_custom`) is at least this
+    custom_tip_max_coins: int = 200_000  # ... and at most this
+    send_rate_per_s: int = 20  # sends per connection per second (token bucket) ...
+    send_burst: int = 40  # ... with this burst
+    user_send_rate_per_s: int = 50  # sends per user per second across its connections ...
+    user_send_burst: int = 100  # ... with this burst
+    join_timeout_s: int = 30  # a connection that has not joined a room by then is closed
     send_batch_max: int = 256  # gifts debited by one script call
     send_queue_max: int = 20_000  # sends waiting for the debit batcher; beyond: `overloaded`
     idempotency_ttl_s: int = 7 * 24 * 3600  # a gift id is remembered this long
@@ -141,6 +148,13 @@ class Settings:
             flusher_enabled=_env("GIFTD_FLUSHER", "1").lower() not in ("0", "false", "no", "off"),
             client_id_chars_max=_env_int("GIFTD_CLIENT_ID_CHARS_MAX", d.client_id_chars_max),
             tick_events_max=_env_int("GIFTD_TICK_EVENTS_MAX", d.tick_events_max),
+            custom_tip_min_coins=_env_int("GIFTD_CUSTOM_TIP_MIN_COINS", d.custom_tip_min_coins),
+            custom_tip_max_coins=_env_int("GIFTD_CUSTOM_TIP_MAX_COINS", d.custom_tip_max_coins),
+            send_rate_per_s=_env_int("GIFTD_SEND_RATE_PER_S", d.send_rate_per_s),
+            send_burst=_env_int("GIFTD_SEND_BURST", d.send_burst),
+            user_send_rate_per_s=_env_int("GIFTD_USER_SEND_RATE_PER_S", d.user_send_rate_per_s),
+            user_send_burst=_env_int("GIFTD_USER_SEND_BURST", d.user_send_burst),
+            join_timeout_s=_env_int("GIFTD_JOIN_TIMEOUT_S", d.join_timeout_s),
             combo_window_ms=_env_int("GIFTD_COMBO_WINDOW_MS", d.combo_window_ms),
             flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
@@ -176,6 +190,13 @@ class Settings:
             ("outbound_bytes_max", 64 * 1024, 1 << 30),
             ("tick_events_max", 1, 10_000),
             ("combo_window_ms", 100, 60_000),
+            ("custom_tip_min_coins", 1, 2**53),
+            ("custom_tip_max_coins", self.custom_tip_min_coins, 2**53),
+            ("send_rate_per_s", 1, 1_000_000),
+            ("send_burst", 1, 1_000_000),
+            ("user_send_rate_per_s", 1, 1_000_000),
+            ("user_send_burst", 1, 1_000_000),
+            ("join_timeout_s", 1, 3600),
             ("send_batch_max", 1, 2000),
             ("send_queue_max", 1, 10_000_000),
             ("idempotency_ttl_s", 60, 365 * 24 * 3600),
@@ -217,6 +238,7 @@ class Settings:
     @property
     def embedded_postgres(self) -> bool:
         return not self.database_url
+
 
 def _money_in_env(d: Settings) -> dict[str, Any]:
     """The recharge/channel settings from the environment (see docs/configuration.md)."""

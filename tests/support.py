@@ -30,7 +30,10 @@ _names = itertools.count()
 
 
 def settings_for_tests(**overrides: Any) -> Settings:
-    base = Settings(secret=SECRET, flusher_enabled=False, flush_claim_idle_ms=500)
+    # Send rate limits are tested on their own; elsewhere tests send in bursts.
+    base = Settings(secret=SECRET, flusher_enabled=False, flush_claim_idle_ms=500,
+                    send_rate_per_s=100_000, send_burst=100_000,
+                    user_send_rate_per_s=100_000, user_send_burst=100_000)
     return replace(base, **overrides)
 
 
@@ -61,16 +64,13 @@ class RunningServer:
     async def start(self) -> None:
         from server.app import create_app
         from server.cli import quiet_refused_handshakes
-        from server.settings import WS_MESSAGE_BYTES_HARD_MAX
+        from server.runner import GiftdServer, uvicorn_config
 
         quiet_refused_handshakes()
         self._app = create_app(self.settings, self.redis_url, self.database_url)
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port,
-                                ws="websockets-sansio", ws_max_size=WS_MESSAGE_BYTES_HARD_MAX,
-                                ws_per_message_deflate=False, lifespan="on",
-                                log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        config = uvicorn_config(self._app, "127.0.0.1", self.port)
+        self._server = GiftdServer(config)
+        self._server.capture_process_signals = False
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._task.done():
