@@ -92,21 +92,24 @@ class ChainReport:
 
 def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
     problems: list[ChainProblem] = []
-    prev_hash, prev_seq, n = GENESIS, 0, 0
+    prev_hash, prev2_hash, prev_seq, n = GENESIS, "", 0, 0
     for r in records:
         n += 1
         own = record_hash(r.prev_hash, r.seq, r.at, r.actor_id, r.actor, r.action, r.target,
                           r.reason, r.detail)
         if own != r.hash:
             problems.append(ChainProblem(r.seq, "altered", "the record does not match its hash"))
-        if r.seq != prev_seq + 1:
+        if r.prev_hash != prev_hash and r.prev_hash == prev2_hash:
+            problems.append(ChainProblem(prev_seq, "inserted", f"record {r.seq} links past "
+                                                               f"record {prev_seq}"))
+        elif r.seq != prev_seq + 1:
             problems.append(ChainProblem(r.seq, "removed",
                                          f"records {prev_seq + 1}..{r.seq - 1} are missing"))
         elif r.prev_hash != prev_hash:
             kind = "inserted" if own == r.hash else "altered"
             problems.append(ChainProblem(r.seq, kind, "prev_hash does not link to record "
                                                       f"{prev_seq}"))
-        prev_hash, prev_seq = r.hash, r.seq
+        prev2_hash, prev_hash, prev_seq = prev_hash, r.hash, r.seq
     return ChainReport(n, prev_hash, tuple(problems))
 
 

@@ -10,6 +10,7 @@ is in the audit log with who asked and why.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,8 @@ from billing.debits import Debit, debit
 from billing.orders import AmountError, OrderState, format_yuan, new_id, refund_split
 from billing.recharge import Billing, OrderError, log_event
 from server.auth import Principal
+
+log = logging.getLogger("giftd.refunds")
 
 
 def refund_json(r: Any) -> dict[str, Any]:
@@ -91,10 +94,15 @@ async def request_refund(b: Billing, *, order_id: str, amount_fen: int | None, r
                          "is refused (nothing was taken)", 409)
     order = await b.get_order(row["order_id"])
     assert order is not None
+    # Pay the money back through the channel. Only the sandbox can today; for the
+    # others the refund shows in reconciliation as missing on the channel's side.
     pay_back = getattr(b.channels.get(order["channel"]), "refund", None)
-    if pay_back is not None:
-        await pay_back(row["order_id"], row["id"], row["amount_fen"])
-    return refund_json(row)
+    paid_back = bool(pay_back is not None
+                     and await pay_back(row["order_id"], row["id"], row["amount_fen"]))
+    if not paid_back:
+        log.warning("refund %s: the %s channel did not pay it back; settle it by hand",
+                    row["id"], order["channel"])
+    return {**refund_json(row), "channel_refunded": paid_back}
 
 
 async def finish(pool: asyncpg.Pool, refund_id: str, outcome: Debit) -> None:
