@@ -150,12 +150,12 @@ class RoomBus:
         gap_from = self.hub.on_event(room_id, raw)
         if gap_from is None:
             return
-        for missed in await self._history_since(room_id, gap_from):
+        for missed in await self.history_since(room_id, gap_from):
             self.hub.on_event(room_id, missed, accept_gap=True)
         self.gaps_repaired += 1
         self.hub.on_event(room_id, raw, accept_gap=True)
 
-    async def _history_since(self, room_id: str, from_seq: int) -> list[bytes]:
+    async def history_since(self, room_id: str, from_seq: int) -> list[bytes]:
         """Events with seq >= from_seq from the room's history, oldest first."""
         out: list[bytes] = []
         last = "+"
@@ -167,7 +167,7 @@ class RoomBus:
             done = False
             for _entry_id, fields in chunk:
                 payload = fields[b"p"]
-                seq = _seq_of(payload)
+                seq = seq_of(payload)
                 if seq < from_seq:
                     done = True
                     break
@@ -202,7 +202,7 @@ class RoomBus:
             room.viewers_total = _sum_viewers(res[2 * i + 1], None)
 
 
-def _seq_of(payload: bytes) -> int:
+def seq_of(payload: bytes) -> int:
     # payload starts with {"seq":N, — cheap to read without a full parse
     head = payload[7:32]
     return int(head[: head.index(b",")])

@@ -15,13 +15,16 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gifts.catalog import Gift
 from gifts.send_rule import Outcome
 from gifts.sender import Overloaded, SendRequest
+from rooms.bus import seq_of
 from rooms.conn import CLOSE_JOIN_TIMEOUT, Conn
+from rooms.resume import ResumePlan, plan_resume
 from server import keys
 from server.auth import AuthError, Principal, verify_token
 from server.codec import negotiate
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("giftd.gateway")
 
+RESUME_ATTEMPTS = 3  # history read vs. broadcast race: re-read at most this often
 SENDS_IN_FLIGHT_MAX = 64  # per connection; beyond this we stop reading its socket
 
 
@@ -158,19 +162,38 @@ class Session:
         if room_info is None:
             raise ProtocolError("unknown_room", "no such room")
         await self.leave()
+        replay: list[Any] | None = None
         try:
             balance = await ctx.redis.get(keys.balance(self.principal.user_id))
-            room = await ctx.bus.open_room(room_info.id, room_info.streamer_id)
+            for _ in range(RESUME_ATTEMPTS):
+                history = (await ctx.bus.history_since(room_info.id, msg.since + 1)
+                           if msg.since is not None else [])
+                room = await ctx.bus.open_room(room_info.id, room_info.streamer_id)
+                if msg.since is None:
+                    break
+                plan = plan_resume(msg.since, room.broadcast_seq,
+                                   [seq_of(raw) for raw in history])
+                if plan is not ResumePlan.RETRY:
+                    break
         except Exception as exc:
             log.warning("join %s failed: %r", msg.room, exc)
             raise ProtocolError("unavailable", "the room could not be opened; retry") from None
         # No await from here to the `joined` write: the snapshot is the room's
         # broadcast state at the instant we become a member, so our first tick
         # holds exactly the events after it.
+        kind = "joined"
+        if msg.since is not None:
+            if plan is ResumePlan.REPLAY:
+                replay = [orjson.loads(raw) for raw in history
+                          if seq_of(raw) <= room.broadcast_seq]
+            else:  # too old (or from another life of the room): start afresh
+                kind = "resync"
         ctx.hub.add(room, self.conn)
         snap = ctx.hub.snapshot(room)
+        if replay is not None:
+            snap["replay"] = replay
         self.conn.send({
-            "type": "joined",
+            "type": kind,
             "room": room_info.id,
             "title": room_info.title,
             "streamer": {"id": room_info.streamer_id, "name": room_info.streamer_name},

@@ -33,6 +33,7 @@ class ProtocolError(Exception):
 @dataclass(frozen=True, slots=True)
 class Join:
     room: str
+    since: int | None = None  # resume: the last seq this client saw in the room
 
 
 CUSTOM_TIP = "tip_custom"  # the gift code of a custom-amount tip; `amount` says how much
@@ -114,7 +115,12 @@ def parse(data: bytes | str, fmt: WireFormat, limits: Limits) -> Message:
         room = _field(msg, "room", str)
         if not ROOM_RE.match(room):
             raise ProtocolError("unknown_room", "no such room")
-        return Join(room)
+        since = None
+        if msg.get("since") is not None:
+            since = _field(msg, "since", int)
+            if since < 0:
+                raise ProtocolError("bad_field", "field 'since' must be >= 0")
+        return Join(room, since)
     if kind == "ping":
         return Ping(msg.get("nonce"))
     raise ProtocolError("unknown_type", f"unknown message type '{kind[:32]}'")

@@ -133,3 +133,15 @@ def test_passwords_and_tokens() -> None:
         with pytest.raises(AuthError) as e:
             verify_token(KEY, bad)
         assert e.value.code == code
+
+
+def test_resume_plans() -> None:
+    from rooms.resume import ResumePlan, plan_resume
+
+    assert plan_resume(10, 10, []) is ResumePlan.REPLAY  # nothing missed
+    assert plan_resume(10, 13, [11, 12, 13]) is ResumePlan.REPLAY
+    assert plan_resume(10, 13, [11, 12, 13, 14]) is ResumePlan.REPLAY  # extra is filtered
+    assert plan_resume(10, 13, [11, 12]) is ResumePlan.RETRY  # read before 13 was written
+    assert plan_resume(10, 13, []) is ResumePlan.RETRY
+    assert plan_resume(10, 13, [12, 13]) is ResumePlan.RESYNC  # 11 was trimmed
+    assert plan_resume(20, 13, []) is ResumePlan.RESYNC  # from another life of the room
