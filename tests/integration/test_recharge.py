@@ -250,3 +250,60 @@ async def test_pending_orders_per_user_are_capped(redis_url: str, database_url: 
             assert r.status_code == 429 and r.json()["code"] == "too_many_pending_orders"
     finally:
         await srv.stop()
+
+
+async def test_alipay_and_wechatpay_notifies_over_http(redis_url: str, database_url: str,
+                                                       pool: Any, redis: Any,
+                                                       tmp_path: Any) -> None:
+    from tests import channel_keys as ck
+
+    (tmp_path / "alipay.pem").write_bytes(ck.public_pem("alipay"))
+    (tmp_path / "wx.pem").write_bytes(ck.public_pem("wechat"))
+    srv = money_server(redis_url, database_url, alipay_app_id=ck.ALIPAY_APP_ID,
+                       alipay_seller_id=ck.ALIPAY_SELLER,
+                       alipay_public_key_path=str(tmp_path / "alipay.pem"),
+                       wechatpay_mchid=ck.WX_MCHID, wechatpay_appid=ck.WX_APPID,
+                       wechatpay_apiv3_key=ck.WX_APIV3.decode(),
+                       wechatpay_platform_key_path=str(tmp_path / "wx.pem"),
+                       wechatpay_platform_serial=ck.WX_SERIAL)
+    await srv.start()
+    try:
+        async with httpx.AsyncClient(base_url=srv.base, timeout=10) as http:
+            u = await make_user(pool, redis)
+            a = (await create_order(http, u, key="a", channel="alipay",
+                                    pack_yuan=6)).json()["order"]
+            w = (await create_order(http, u, key="w", channel="wechatpay",
+                                    pack_yuan=30)).json()["order"]
+            form = {"content-type": "application/x-www-form-urlencoded"}
+            # Forged / wrong first: nothing credited, never 5xx.
+            bad = [ck.alipay_body(ck.alipay_params(a["id"], "6.00"), key="mallory"),
+                   ck.alipay_body(ck.alipay_params(a["id"], "0.01")),
+                   ck.alipay_body(ck.alipay_params(a["id"], "6.00", app_id="x"))]
+            for body in bad:
+                r = await http.post("/api/pay/notify/alipay", content=body, headers=form)
+                assert (r.status_code, r.text) == (200, "fail")
+            body, h = ck.wechat_notify(w["id"], 3000, ts=int(__import__("time").time()) - 3600)
+            r = await http.post("/api/pay/notify/wechatpay", content=body, headers=h)
+            assert r.status_code == 400 and r.json()["code"] == "FAIL"
+            body, h = ck.wechat_notify(w["id"], 300)  # wrong amount, correctly signed
+            r = await http.post("/api/pay/notify/wechatpay", content=body, headers=h)
+            assert r.status_code == 400
+            # A notify for the other channel's order is not accepted either.
+            body, h = ck.wechat_notify(a["id"], 600)
+            r = await http.post("/api/pay/notify/wechatpay", content=body, headers=h)
+            assert r.status_code == 400
+            assert await balance(http, u) == 0
+            # The real ones, twice each.
+            for _ in range(2):
+                r = await http.post("/api/pay/notify/alipay", headers=form,
+                                    content=ck.alipay_body(ck.alipay_params(a["id"], "6.00")))
+                assert (r.status_code, r.text) == (200, "success")
+                body, h = ck.wechat_notify(w["id"], 3000)
+                r = await http.post("/api/pay/notify/wechatpay", content=body, headers=h)
+                assert r.status_code == 200
+            assert await balance(http, u) == 60 + 6 + 300
+            assert await _recharge_entries(pool, a["id"]) == 1
+            assert await _recharge_entries(pool, w["id"]) == 1
+            await check_invariants(redis, pool)
+    finally:
+        await srv.stop()
