@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--consumer", default="", help="consumer name (default flusher-<host>-<pid>)")
     p.add_argument("--batch", type=int, default=0, help="entries per transaction")
     p.set_defaults(fn=cmd_flush)
+    from billing.cli import add_commands as add_money_commands
+
+    add_money_commands(sub)  # reconcile, audit verify
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     quiet_refused_handshakes()
