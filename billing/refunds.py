@@ -60,6 +60,8 @@ async def request_refund(b: Billing, *, order_id: str, amount_fen: int | None, r
                 "WHERE order_id = $1 AND status = 'pending'", order_id)
             before = o["refunded_fen"] + pending
             amount = amount_fen if amount_fen is not None else o["amount_fen"] - before
+            if amount_fen is None and amount <= 0:
+                raise OrderError("refund_exceeds_order", "nothing is left to refund", 409)
             try:
                 split = refund_split(amount_fen=o["amount_fen"], coins=o["coins"],
                                      bonus_coins=o["bonus_coins"],
