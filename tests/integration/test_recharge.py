@@ -307,3 +307,40 @@ async def test_alipay_and_wechatpay_notifies_over_http(redis_url: str, database_
             await check_invariants(redis, pool)
     finally:
         await srv.stop()
+
+
+async def test_sandbox_retries_on_schedule_and_duplicates_credit_once(
+        redis_url: str, database_url: str, pool: Any, redis: Any) -> None:
+    """Our callback is down: the sandbox retries on its schedule; once we answer, it stops.
+    Every notify is sent twice (duplicate_pct=100): still one credit."""
+    srv = money_server(redis_url, database_url, sandbox_duplicate_pct=100,
+                       sandbox_notify_schedule_s=(0, 2, 4))
+    await srv.start()
+    try:
+        sandbox = srv._app.state.billing.sandbox
+        async with httpx.AsyncClient(base_url=srv.base, timeout=10) as http:
+            u = await make_user(pool, redis)
+            o = (await create_order(http, u, key="k", pack_yuan=6)).json()["order"]
+            real_url = sandbox.notify_url
+            await pool.execute("UPDATE sandbox_trades SET notify_url = 'http://127.0.0.1:9/x'")
+            await http.post(o["pay_url"])
+            await wait_until(lambda: pool.fetchval(
+                "SELECT attempts >= 1 FROM sandbox_trades WHERE out_trade_no = $1", o["id"]))
+            t = await pool.fetchrow("SELECT * FROM sandbox_trades WHERE out_trade_no = $1",
+                                    o["id"])
+            assert t["notified_ok_at"] is None
+            assert (t["next_notify_at"] - t["paid_at"]).total_seconds() == 2 * t["attempts"]
+            assert await balance(http, u) == 0
+            await pool.execute("UPDATE sandbox_trades SET notify_url = $1", real_url)
+            await wait_until(lambda: _sandbox_acked(pool, o["id"]), timeout=15)
+            assert await balance(http, u) == 66
+            sent = sandbox.notifies_sent
+            await asyncio.sleep(1.5)
+            assert sandbox.notifies_sent == sent  # acknowledged: no more notifies
+            verdicts = [r["verdict"] for r in await pool.fetch(
+                "SELECT verdict FROM payment_notifies WHERE order_id = $1", o["id"])]
+            assert verdicts.count("credited") == 1 and len(verdicts) >= 2
+            assert await _recharge_entries(pool, o["id"]) == 1
+            await check_invariants(redis, pool)
+    finally:
+        await srv.stop()

@@ -178,3 +178,18 @@ async def test_gifts_in_flight_at_the_cut_are_not_differences(books: dict[str, A
     assert not cut2.unflushed and reconcile.diff_wallets(cut2.balances, expected2) == []
     assert (await run(pool, redis, b)).ok
     await check_invariants(redis, pool)
+
+
+async def test_giftd_audit_verify_cli(books: dict[str, Any], pool: Any, redis_url: str,
+                                      database_url: str, tmp_path: Path) -> None:
+    env = {"REDIS_URL": redis_url, "DATABASE_URL": database_url,
+           "GIFTD_VAR_DIR": str(tmp_path / "var")}
+    code, out, _ = await giftd_cli("audit", "verify", env=env)
+    assert code == 0 and json.loads(out)["records"] == 2  # the refund and the adjustment
+    async with pool.acquire() as conn:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("UPDATE audit_log SET reason = 'nobody asked' WHERE seq = 1")
+        await conn.execute("SET session_replication_role = origin")
+    code, out, _ = await giftd_cli("audit", "verify", env=env)
+    assert code == 1 and json.loads(out)["problems"][0] == {
+        "seq": 1, "kind": "altered", "detail": "the record does not match its hash"}
