@@ -206,7 +206,7 @@ class Settings:
             ("flush_claim_idle_ms", 0, 24 * 3600 * 1000),
             ("coins_per_yuan", 1, 1_000_000),
             ("recharge_custom_min_fen", 1, 10**10),
-            ("recharge_custom_max_fen", 1, 10**10),
+            ("recharge_custom_max_fen", self.recharge_custom_min_fen, 10**10),
             ("first_recharge_bonus_pct", 0, 1000),
             ("first_recharge_bonus_max_coins", 0, 10**12),
             ("order_expiry_s", 60, 7 * 24 * 3600),
@@ -225,6 +225,20 @@ class Settings:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             out.append(f"timezone={self.timezone!r} is not a known time zone")
+        out += self._money_in_problems()
+        return out
+
+    def _money_in_problems(self) -> list[str]:
+        out = []
+        sched = self.sandbox_notify_schedule_s
+        if not sched or list(sched) != sorted(sched) or sched[0] < 0:
+            out.append("sandbox_notify_schedule_s must be a rising list of seconds >= 0")
+        if self.wechatpay_mchid and len(self.wechatpay_apiv3_key.encode()) != 32:
+            out.append("wechatpay_apiv3_key must be 32 bytes when wechatpay_mchid is set")
+        for name in ("alipay_public_key_path", "wechatpay_platform_key_path"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                out.append(f"{name}={path!r} is not a readable file")
         return out
 
     @property

@@ -171,3 +171,16 @@ def test_audit_chain_verify() -> None:
     assert [(p.seq, p.kind) for p in audit.verify_chain(altered).problems] == [(3, "altered")]
     removed = recs[:2] + recs[3:]
     assert [(p.seq, p.kind) for p in audit.verify_chain(removed).problems] == [(4, "removed")]
+
+
+def test_money_settings_are_validated() -> None:
+    from server.settings import Settings
+
+    assert Settings().problems() == []
+    bad = Settings(recharge_custom_min_fen=500, recharge_custom_max_fen=100,
+                   sandbox_notify_schedule_s=(5, 1), wechatpay_mchid="1900000001",
+                   alipay_public_key_path="/nonexistent.pem", first_recharge_bonus_pct=-1)
+    text = "\n".join(bad.problems())
+    for name in ("recharge_custom_max_fen", "sandbox_notify_schedule_s", "wechatpay_apiv3_key",
+                 "alipay_public_key_path", "first_recharge_bonus_pct"):
+        assert name in text
