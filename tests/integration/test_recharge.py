@@ -344,3 +344,32 @@ async def test_sandbox_retries_on_schedule_and_duplicates_credit_once(
             await check_invariants(redis, pool)
     finally:
         await srv.stop()
+
+
+async def test_a_credit_that_cannot_reach_redis_is_applied_from_the_outbox(
+        srv: RunningServer, http: httpx.AsyncClient, pool: Any, redis: Any) -> None:
+    """Postgres commits the credit; Redis refuses it (script error); the notify is still
+    answered `success` (the money is booked) and the outbox loop applies it later, once."""
+    b = srv._app.state.billing
+    u = await make_user(pool, redis)
+    o = (await create_order(http, u, key="k", pack_yuan=6)).json()["order"]
+    real = b.credit_script
+
+    class Down:
+        async def __call__(self, *a: Any) -> Any:
+            raise ConnectionError("redis away")
+    b.credit_script = Down()
+    try:
+        r = await http.post("/api/pay/notify/sandbox", content=sandbox_notify(o["id"], 600)[0],
+                            headers=sandbox_notify(o["id"], 600)[1])
+        assert r.text == "success"
+        assert await balance(http, u) == 0
+        assert await pool.fetchval("SELECT applied_at IS NULL FROM credit_outbox "
+                                   "WHERE op_id = $1", f"recharge:{o['id']}")
+        await check_invariants(redis, pool)  # booked, pending: still conserved
+    finally:
+        b.credit_script = real
+    await wait_until(lambda: _eq(balance(http, u), 66), timeout=5)
+    assert await pool.fetchval("SELECT applied_at IS NOT NULL FROM credit_outbox "
+                               "WHERE op_id = $1", f"recharge:{o['id']}")
+    await check_invariants(redis, pool)
