@@ -41,6 +41,7 @@ log = logging.getLogger("giftd.billing")
 NOTIFY_BYTES_MAX = 64 * 1024  # a notify body larger than this is refused unread (413)
 SANDBOX_NOTIFY_EVERY_S = 1.0  # the sandbox notifier looks for due notifies this often
 DEBIT_RESUME_EVERY_S = 10.0  # pending refund/adjustment debits are resumed this often
+AUDIT_WITNESS_EVERY_S = 5.0  # the audit chain's head is copied to Redis this often
 # Roles allowed to move money by hand. Issue 5 adds finance/ops/support; extend here.
 MONEY_ROLES: tuple[Role, ...] = (Role.ADMIN,)
 READ_ROLES: tuple[Role, ...] = (Role.ADMIN,)
@@ -96,6 +97,8 @@ def start(app: Starlette, ctx: Ctx) -> list[asyncio.Task[None]]:
                                b.sweep_pending)),
         ("debit-resume", _every(DEBIT_RESUME_EVERY_S, "debit resume",
                                 lambda: debits.resume_debits(b.pool, b.redis, b.debit_script))),
+        ("audit-witness", _every(AUDIT_WITNESS_EVERY_S, "audit witness",
+                                 lambda: audit.witness(b.pool, b.redis))),
     ]
     if b.sandbox is not None:
         jobs.append(("sandbox-notifier", b.sandbox.run(SANDBOX_NOTIFY_EVERY_S)))
@@ -323,7 +326,7 @@ async def audit_log(request: Request) -> Response:
 async def audit_verify(request: Request) -> Response:
     b = billing_of(request)
     _staff(request, READ_ROLES)
-    report = audit.verify_chain(await audit.load(b.pool))
+    report = audit.verify_chain(await audit.load(b.pool), await audit.load_witness(b.redis))
     return JSONResponse({"ok": report.ok, "records": report.records,
                          "head_hash": report.head_hash,
                          "problems": [{"seq": x.seq, "kind": x.kind, "detail": x.detail}

@@ -9,9 +9,11 @@ number, records altered (hash mismatch), removed (a gap, or a prev_hash that
 no longer matches), and inserted (a link to a hash that is not its
 predecessor's). The database refuses UPDATE/DELETE/TRUNCATE; the chain catches
 whoever gets around that (a superuser disabling triggers, a restored backup).
-Known limit: removing the newest records is indistinguishable from them never
-having been written, unless the head hash was kept elsewhere (`giftd audit
-verify` prints it so operators can record it).
+Removing the newest records leaves a consistent chain, so the head is also
+copied every few seconds into a Redis sorted set (the witness): a witnessed
+record that is gone or changed is reported. Records younger than the last
+witness copy can still be cut off unseen; `giftd audit verify` prints the head
+hash so operators can keep it elsewhere too.
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ class ChainReport:
         return not self.problems
 
 
-def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
+def verify_chain(records: Iterable[AuditRecord],
+                 witness: Iterable[tuple[int, str]] = ()) -> ChainReport:
+    """Recompute the chain. `witness`: (seq, hash) heads recorded elsewhere (Redis); each
+    must still be in the chain, which catches records removed from its end."""
+    records = list(records)
     problems: list[ChainProblem] = []
     prev_hash, prev2_hash, prev_seq, n = GENESIS, "", 0, 0
     for r in records:
@@ -110,7 +116,39 @@ def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
             problems.append(ChainProblem(r.seq, kind, "prev_hash does not link to record "
                                                       f"{prev_seq}"))
         prev2_hash, prev_hash, prev_seq = prev_hash, r.hash, r.seq
+    by_seq = {r.seq: r.hash for r in records}
+    for seq, h in sorted(witness):
+        if seq > prev_seq:
+            problems.append(ChainProblem(seq, "removed", f"the witness saw record {seq}; the "
+                                                         f"chain ends at {prev_seq}"))
+            break
+        if seq in by_seq and by_seq[seq] != h:
+            problems.append(ChainProblem(seq, "altered", "differs from the witnessed hash"))
     return ChainReport(n, prev_hash, tuple(problems))
+
+
+WITNESS_KEEP = 1000  # heads kept in the Redis witness
+
+
+async def witness(conn: Db | Any, redis: Any) -> tuple[int, str] | None:
+    """Copy the chain's head into the Redis witness (run every few seconds)."""
+    head = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    if head is None:
+        return None
+    from server import keys
+
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(keys.audit_witness(), {head["hash"]: head["seq"]})
+        pipe.zremrangebyrank(keys.audit_witness(), 0, -WITNESS_KEEP - 1)
+        await pipe.execute()
+    return head["seq"], head["hash"]
+
+
+async def load_witness(redis: Any) -> list[tuple[int, str]]:
+    from server import keys
+
+    return [(int(score), m.decode() if isinstance(m, bytes) else str(m))
+            for m, score in await redis.zrange(keys.audit_witness(), 0, -1, withscores=True)]
 
 
 async def load(conn: Db | Any, after_seq: int = 0, limit: int | None = None

@@ -127,11 +127,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> audit.ChainReport:
+        from redis.asyncio import Redis
+
         conn = await asyncpg.connect(urls[1])
+        redis = Redis.from_url(urls[0])
         try:
-            return audit.verify_chain(await audit.load(conn))
+            return audit.verify_chain(await audit.load(conn), await audit.load_witness(redis))
         finally:
             await conn.close()
+            await redis.aclose()
 
     report = asyncio.run(run())
     out: dict[str, Any] = {"ok": report.ok, "records": report.records,

@@ -40,6 +40,12 @@ def debit_marker(op_id: str) -> str:
     return f"{PREFIX}debit:{op_id}"
 
 
+def audit_witness() -> str:
+    """Sorted set: audit log heads seen (member = hash, score = seq), the newest 1000.
+    A second, separate record of the chain, so cutting records off its end shows."""
+    return f"{PREFIX}audit:witness"
+
+
 def recent(user_id: int) -> str:
     """List: the user's latest accepted gift events (JSON), newest first, capped."""
     return f"{PREFIX}user:{user_id}:recent"

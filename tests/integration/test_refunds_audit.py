@@ -255,3 +255,22 @@ class _Rollback(Exception):
     def __init__(self, report: audit.ChainReport) -> None:
         super().__init__("rollback")
         self.report = report
+
+
+async def test_witness_catches_records_cut_off_the_end(pool: Any, redis: Any) -> None:
+    async with pool.acquire() as conn:
+        for i in range(4):
+            async with conn.transaction():
+                await audit.record(conn, actor_id=None, actor="ops", action="rule.change",
+                                   target=f"rule:{i}", reason="r", detail={})
+        assert await audit.witness(conn, redis) is not None
+        wit = await audit.load_witness(redis)
+        assert wit[-1][0] == 4
+        assert audit.verify_chain(await audit.load(conn), wit).ok
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("DELETE FROM audit_log WHERE seq = 4")  # the chain alone looks fine
+        await conn.execute("SET session_replication_role = origin")
+        recs = await audit.load(conn)
+        assert audit.verify_chain(recs).ok
+        report = audit.verify_chain(recs, wit)
+        assert [(p.seq, p.kind) for p in report.problems] == [(4, "removed")]
