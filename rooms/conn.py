@@ -82,7 +82,10 @@ class Conn:
         if self._proto.close_sent or self._transport.is_closing():
             self.closed = True
             return False
-        if self._transport.get_write_buffer_size() + len(frame) > self.outbound_bytes_max:
+        # Behind = still holding more than the budget from earlier frames. (A
+        # single frame larger than the budget is fine for a viewer who reads;
+        # memory per viewer stays within budget + one frame.)
+        if self._transport.get_write_buffer_size() > self.outbound_bytes_max:
             self.slow = True
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return False
