@@ -290,14 +290,16 @@ async def reconcile(pool: asyncpg.Pool, redis: Redis, *, day: date, tz: str, cha
         start, end, channel)]
     progress("statement", len(statement))
     rep.differences += diff_channel(statement, payments, refunds)
-    # Every paid order has its one recharge entry crediting exactly coins + bonus.
+    # Every order paid that day has its one recharge entry crediting exactly coins + bonus.
+    # Both carry the settling transaction's now(), so the same window selects both sides.
     orders = {r["id"]: r["coins"] for r in await pool.fetch(
         """SELECT id, coins + bonus_coins AS coins FROM recharge_orders
-            WHERE paid_at IS NOT NULL""")}
+            WHERE paid_at >= $1 AND paid_at < $2""", start, end)}
     entries = {r["ref"]: r["amount"] for r in await pool.fetch(
         """SELECT j.ref, sum(p.amount)::bigint AS amount FROM journal_entries j
              JOIN postings p ON p.entry_id = j.id AND p.account LIKE 'wallet:%'
-            WHERE j.kind = 'recharge' GROUP BY j.ref""")}
+            WHERE j.kind = 'recharge' AND j.created_at >= $1 AND j.created_at < $2
+            GROUP BY j.ref""", start, end)}
     progress("orders", len(orders))
     rep.differences += diff_orders_ledger(orders, entries)
     rep.cut_position, wallet_diffs = await reconcile_wallets(pool, redis)
