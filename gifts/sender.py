@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -94,7 +95,8 @@ class Overloaded(Exception):
 
 class GiftSender:
     def __init__(self, redis: Redis, script: Script, settings: Settings,
-                 workers: int = 2) -> None:
+                 workers: int = 2, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # picks the leaderboard periods; tests stand it at 23:59:59
         self._redis = redis
         self._script = script
         self._settings = settings
@@ -156,7 +158,7 @@ class GiftSender:
 
     async def _call(self, reqs: list[SendRequest]) -> list[SendResult]:
         s = self._settings
-        day, week, month = periods(int(time.time() * 1000), self._tz)
+        day, week, month = periods(int(self._clock() * 1000), self._tz)
         args: list[bytes | str | int] = [
             keys.PREFIX, s.idempotency_ttl_s, s.ledger_backlog_max, s.room_history_max,
             day, week, month, BOARD_TTL_S, s.combo_window_ms, *TIER_FLOORS_COINS[1:], len(reqs),

@@ -7,10 +7,25 @@ never read here, so tests can stand at 23:59:59.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 BOARD_TTL_S = 100 * 24 * 3600  # a period board is kept ~3 months after it is last bumped
+
+
+PERIOD_KINDS = ("day", "week", "month")
+
+
+def period_of(kind: str, local_date: date) -> str:
+    """The period name of `kind` containing a local calendar date."""
+    iso_year, iso_week, _ = local_date.isocalendar()
+    if kind == "day":
+        return f"d{local_date:%Y%m%d}"
+    if kind == "week":
+        return f"w{iso_year}-{iso_week:02d}"
+    if kind == "month":
+        return f"m{local_date:%Y%m}"
+    raise ValueError(f"unknown period kind {kind!r}")
 
 
 def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, str]:

@@ -233,3 +233,56 @@ async def metrics(request: Request) -> Response:
 def require_role(p: Principal, *roles: Role) -> None:
     if p.role not in roles:
         raise ApiError(403, "forbidden", "your role may not do this")
+
+
+BOARD_KINDS = ("streamer", "gifter")
+
+
+async def board(request: Request) -> Response:
+    """A period leaderboard, paginated, with the caller's own rank when logged in.
+
+    GET /api/boards/{streamer|gifter}/{day|week|month}?date=YYYY-MM-DD&offset=&limit=
+    `date` is a local date in the configured zone (default: today there).
+    """
+    from datetime import date, datetime
+    from zoneinfo import ZoneInfo
+
+    from rooms.periods import PERIOD_KINDS, period_of
+
+    ctx = ctx_of(request)
+    kind, span = request.path_params["kind"], request.path_params["period"]
+    if kind not in BOARD_KINDS or span not in PERIOD_KINDS:
+        raise ApiError(404, "unknown_board", "boards: streamer|gifter / day|week|month")
+    raw_date = request.query_params.get("date")
+    try:
+        local = (date.fromisoformat(raw_date) if raw_date
+                 else datetime.now(ZoneInfo(ctx.settings.timezone)).date())
+    except ValueError:
+        raise ApiError(400, "bad_field", "date must be YYYY-MM-DD") from None
+    try:
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        raise ApiError(400, "bad_field", "offset must be an integer") from None
+    if not 0 <= offset <= 10_000:
+        raise ApiError(400, "bad_field", "offset must be 0..10000")
+    limit = _limit(request)
+    period = period_of(span, local)
+    key = keys.board_streamers(period) if kind == "streamer" else keys.board_gifters(period)
+    rank: list[tuple[bytes, float]] = cast(Any, await ctx.redis.zrevrange(
+        key, offset, offset + limit - 1, withscores=True))
+    ids = [int(m) for m, _ in rank]
+    names = await ctx.names.get_many(ids)
+    out: dict[str, Any] = {
+        "board": kind, "period": period, "offset": offset,
+        "total": await ctx.redis.zcard(key),
+        "items": [{"rank": offset + i + 1, "id": uid, "name": names.get(uid, ""),
+                   "score": int(score)} for i, (uid, (_, score)) in
+                  enumerate(zip(ids, rank, strict=True))],
+    }
+    if request.headers.get("authorization"):
+        me = principal_of(request)
+        my_rank: int | None = cast(Any, await ctx.redis.zrevrank(key, me.user_id))
+        my_score = await ctx.redis.zscore(key, me.user_id)
+        out["me"] = {"rank": None if my_rank is None else int(my_rank) + 1,
+                     "score": int(my_score or 0)}
+    return JSONResponse(out)
