@@ -62,10 +62,15 @@ def build_channels(settings: Settings, billing: Billing, secret: str) -> dict[st
             billing.pool, key=key, notify_url=base.rstrip("/") + "/api/pay/notify/sandbox",
             schedule_s=settings.sandbox_notify_schedule_s,
             duplicate_pct=settings.sandbox_duplicate_pct, timezone=settings.timezone)
+    base = (settings.public_base_url or f"http://{settings.host}:{settings.port}").rstrip("/")
     if settings.alipay_app_id and settings.alipay_public_key_path:
+        priv = settings.alipay_private_key_path
         chans["alipay"] = AlipayChannel(
             app_id=settings.alipay_app_id, seller_id=settings.alipay_seller_id,
-            alipay_public_key_pem=Path(settings.alipay_public_key_path).read_bytes())
+            alipay_public_key_pem=Path(settings.alipay_public_key_path).read_bytes(),
+            private_key_pem=Path(priv).read_bytes() if priv else b"",
+            gateway_url=settings.alipay_gateway_url,
+            notify_url=base + "/api/pay/notify/alipay")
     if settings.wechatpay_mchid and settings.wechatpay_platform_key_path:
         chans["wechatpay"] = WechatPayChannel(
             mchid=settings.wechatpay_mchid, appid=settings.wechatpay_appid,

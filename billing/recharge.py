@@ -146,7 +146,13 @@ class Billing:
         if req.channel == "sandbox" and sandbox is not None:
             await sandbox.open_trade(order_id, req.amount_fen)
         assert row is not None
-        return order_json(row), False
+        out = order_json(row)
+        make_pay = getattr(self.channels.get(req.channel), "pay_params", None)
+        if make_pay is not None:  # e.g. Alipay's signed app-pay order string
+            pay = make_pay(order_id, req.amount_fen, f"{coins} coins")
+            if pay:
+                out["pay"] = pay
+        return out, False
 
     async def get_order(self, order_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow("SELECT * FROM recharge_orders WHERE id = $1", order_id)

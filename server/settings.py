@@ -65,6 +65,11 @@ class Settings:
     room_history_max: int = 2000  # room events kept in Redis for gap repair / resume
     outbound_bytes_max: int = 1 << 20  # per-connection unsent bytes before it is dropped (4008)
     combo_window_ms: int = 3000  # the same gift again within this grows the sender's streak
+    pk_invite_ttl_ms: int = 30_000  # an unanswered PK invitation expires after this
+    pk_round_ms: int = 5 * 60_000  # a PK round lasts this long on the server clock
+    pk_punish_ms: int = 60_000  # the punishment / cool-down phase after a round
+    pk_multiplier_window_ms: int = 30_000  # the last part of a round where gifts count ...
+    pk_multiplier: int = 1  # ... this many times (1 = no multiplier)
     tick_events_max: int = 500  # events in one frame; a tick with more sends several frames
     # --- the send path ----------------------------------------------------
     custom_tip_min_coins: int = 10  # a custom-amount tip (gift `tip_custom`) is at least this
@@ -104,6 +109,8 @@ class Settings:
     alipay_app_id: str = ""  # empty: the alipay channel is off
     alipay_seller_id: str = ""  # checked against seller_id when set
     alipay_public_key_path: str = ""  # Alipay's RSA public key (PEM)
+    alipay_private_key_path: str = ""  # our merchant RSA private key (PEM): app pay, query, refund
+    alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"
     wechatpay_mchid: str = ""  # empty: the wechatpay channel is off
     wechatpay_appid: str = ""
     wechatpay_apiv3_key: str = ""  # 32 chars
@@ -156,6 +163,12 @@ class Settings:
             user_send_burst=_env_int("GIFTD_USER_SEND_BURST", d.user_send_burst),
             join_timeout_s=_env_int("GIFTD_JOIN_TIMEOUT_S", d.join_timeout_s),
             combo_window_ms=_env_int("GIFTD_COMBO_WINDOW_MS", d.combo_window_ms),
+            pk_invite_ttl_ms=_env_int("GIFTD_PK_INVITE_TTL_MS", d.pk_invite_ttl_ms),
+            pk_round_ms=_env_int("GIFTD_PK_ROUND_MS", d.pk_round_ms),
+            pk_punish_ms=_env_int("GIFTD_PK_PUNISH_MS", d.pk_punish_ms),
+            pk_multiplier_window_ms=_env_int("GIFTD_PK_MULTIPLIER_WINDOW_MS",
+                                             d.pk_multiplier_window_ms),
+            pk_multiplier=_env_int("GIFTD_PK_MULTIPLIER", d.pk_multiplier),
             flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
@@ -190,6 +203,11 @@ class Settings:
             ("outbound_bytes_max", 64 * 1024, 1 << 30),
             ("tick_events_max", 1, 10_000),
             ("combo_window_ms", 100, 60_000),
+            ("pk_invite_ttl_ms", 1000, 3600_000),
+            ("pk_round_ms", 1000, 24 * 3600_000),
+            ("pk_punish_ms", 0, 3600_000),
+            ("pk_multiplier_window_ms", 0, self.pk_round_ms),
+            ("pk_multiplier", 1, 100),
             ("custom_tip_min_coins", 1, 2**53),
             ("custom_tip_max_coins", self.custom_tip_min_coins, 2**53),
             ("send_rate_per_s", 1, 1_000_000),
@@ -235,7 +253,8 @@ class Settings:
             out.append("sandbox_notify_schedule_s must be a rising list of seconds >= 0")
         if self.wechatpay_mchid and len(self.wechatpay_apiv3_key.encode()) != 32:
             out.append("wechatpay_apiv3_key must be 32 bytes when wechatpay_mchid is set")
-        for name in ("alipay_public_key_path", "wechatpay_platform_key_path"):
+        for name in ("alipay_public_key_path", "alipay_private_key_path",
+                     "wechatpay_platform_key_path"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 out.append(f"{name}={path!r} is not a readable file")
@@ -267,7 +286,8 @@ def _money_in_env(d: Settings) -> dict[str, Any]:
             "order_sweep_every_s", "orders_pending_max", "adjustment_coins_max",
             "sandbox_duplicate_pct")
     strs = ("public_base_url", "sandbox_key", "alipay_app_id", "alipay_seller_id",
-            "alipay_public_key_path", "wechatpay_mchid", "wechatpay_appid",
+            "alipay_public_key_path", "alipay_private_key_path", "alipay_gateway_url",
+            "wechatpay_mchid", "wechatpay_appid",
             "wechatpay_apiv3_key", "wechatpay_platform_key_path", "wechatpay_platform_serial")
     out: dict[str, Any] = {n: _env_int("GIFTD_" + n.upper(), getattr(d, n)) for n in ints}
     out.update({n: _env("GIFTD_" + n.upper(), getattr(d, n)) for n in strs})
