@@ -76,7 +76,11 @@ def build_channels(settings: Settings, billing: Billing, secret: str) -> dict[st
             mchid=settings.wechatpay_mchid, appid=settings.wechatpay_appid,
             apiv3_key=settings.wechatpay_apiv3_key.encode(),
             platform_keys={settings.wechatpay_platform_serial:
-                           Path(settings.wechatpay_platform_key_path).read_bytes()})
+                           Path(settings.wechatpay_platform_key_path).read_bytes()},
+            merchant_key_pem=(Path(settings.wechatpay_merchant_key_path).read_bytes()
+                              if settings.wechatpay_merchant_key_path else b""),
+            merchant_serial=settings.wechatpay_merchant_serial,
+            api_base=settings.wechatpay_api_base, notify_url=base + "/api/pay/notify/wechatpay")
     return chans
 
 

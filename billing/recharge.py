@@ -13,6 +13,7 @@ credit script called; the outbox loop retries it if Redis was away.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -150,6 +151,8 @@ class Billing:
         make_pay = getattr(self.channels.get(req.channel), "pay_params", None)
         if make_pay is not None:  # e.g. Alipay's signed app-pay order string
             pay = make_pay(order_id, req.amount_fen, f"{coins} coins")
+            if inspect.isawaitable(pay):  # a provider call (WeChat Pay prepay)
+                pay = await pay
             if pay:
                 out["pay"] = pay
         return out, False

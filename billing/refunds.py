@@ -100,7 +100,8 @@ async def request_refund(b: Billing, *, order_id: str, amount_fen: int | None, r
     # others the refund shows in reconciliation as missing on the channel's side.
     pay_back = getattr(b.channels.get(order["channel"]), "refund", None)
     paid_back = bool(pay_back is not None
-                     and await pay_back(row["order_id"], row["id"], row["amount_fen"]))
+                     and await pay_back(row["order_id"], row["id"], row["amount_fen"],
+                                        total_fen=order["amount_fen"]))
     if not paid_back:
         log.warning("refund %s: the %s channel did not pay it back; settle it by hand",
                     row["id"], order["channel"])

@@ -116,6 +116,9 @@ class Settings:
     wechatpay_apiv3_key: str = ""  # 32 chars
     wechatpay_platform_key_path: str = ""  # the platform public key (PEM)
     wechatpay_platform_serial: str = ""  # its serial, as sent in Wechatpay-Serial
+    wechatpay_merchant_key_path: str = ""  # our merchant private key (PEM): prepay, query, refund
+    wechatpay_merchant_serial: str = ""  # our merchant certificate's serial
+    wechatpay_api_base: str = "https://api.mch.weixin.qq.com"
     # --- misc -------------------------------------------------------------
     demo: bool = False
     node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
@@ -254,7 +257,7 @@ class Settings:
         if self.wechatpay_mchid and len(self.wechatpay_apiv3_key.encode()) != 32:
             out.append("wechatpay_apiv3_key must be 32 bytes when wechatpay_mchid is set")
         for name in ("alipay_public_key_path", "alipay_private_key_path",
-                     "wechatpay_platform_key_path"):
+                     "wechatpay_platform_key_path", "wechatpay_merchant_key_path"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 out.append(f"{name}={path!r} is not a readable file")
@@ -288,7 +291,8 @@ def _money_in_env(d: Settings) -> dict[str, Any]:
     strs = ("public_base_url", "sandbox_key", "alipay_app_id", "alipay_seller_id",
             "alipay_public_key_path", "alipay_private_key_path", "alipay_gateway_url",
             "wechatpay_mchid", "wechatpay_appid",
-            "wechatpay_apiv3_key", "wechatpay_platform_key_path", "wechatpay_platform_serial")
+            "wechatpay_apiv3_key", "wechatpay_platform_key_path", "wechatpay_platform_serial",
+            "wechatpay_merchant_key_path", "wechatpay_merchant_serial", "wechatpay_api_base")
     out: dict[str, Any] = {n: _env_int("GIFTD_" + n.upper(), getattr(d, n)) for n in ints}
     out.update({n: _env("GIFTD_" + n.upper(), getattr(d, n)) for n in strs})
     out["sandbox_enabled"] = _env("GIFTD_SANDBOX", "0").lower() in ("1", "true", "yes", "on")

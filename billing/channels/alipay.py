@@ -226,7 +226,8 @@ class AlipayChannel:
                   TradeStatus.CLOSED if raw == "TRADE_CLOSED" else TradeStatus.NOT_PAID)
         return Notice(order_id, amount, str(node["trade_no"]), status, raw)
 
-    async def refund(self, order_id: str, out_refund_no: str, amount_fen: int) -> bool:
+    async def refund(self, order_id: str, out_refund_no: str, amount_fen: int,
+                     total_fen: int = 0) -> bool:
         """Pay `amount_fen` of the order back (idempotent on out_refund_no at Alipay)."""
         node = await self._call("alipay.trade.refund", {
             "out_trade_no": order_id, "refund_amount": format_yuan(amount_fen),

@@ -177,7 +177,8 @@ class SandboxChannel:
         return Notice(order_id, t["amount_fen"], t["trade_no"], _status(t["status"]),
                       t["status"])
 
-    async def refund(self, order_id: str, out_refund_no: str, amount_fen: int) -> bool:
+    async def refund(self, order_id: str, out_refund_no: str, amount_fen: int,
+                     total_fen: int = 0) -> bool:
         """Pay money back. Idempotent on out_refund_no. False if the trade cannot take it."""
         async with self.pool.acquire() as conn, conn.transaction():
             t = await conn.fetchrow("SELECT * FROM sandbox_trades WHERE out_trade_no = $1 "

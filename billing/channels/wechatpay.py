@@ -11,27 +11,42 @@ and `appid` must be ours, `amount.total` is in fen, `trade_state` SUCCESS
 means paid. The answer: 200 with no body means processed; a 4xx with
 `{"code": "FAIL", ...}` makes WeChat Pay retry.
 
-Credentials (mchid, appid, APIv3 key, platform public key) are settings.
-The query API needs our merchant private key and network access; it is not
-implemented, so WeChat Pay orders are settled by notify only.
+With our merchant private key (and its certificate serial) configured, the
+channel also calls the v3 API: Native prepay (`code_url` for the QR code) when
+an order is made, the order query (pending-order fallback) and domestic
+refunds. Requests carry `Authorization: WECHATPAY2-SHA256-RSA2048 ...` over
+`METHOD\nPATH\nts\nnonce\nbody\n`; answers are believed only when their
+Wechatpay-* signature headers verify with the platform key, as notifies are.
+
+Credentials (mchid, appid, APIv3 key, platform public key, merchant key) are
+settings, never in the repository.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 import orjson
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
+    load_pem_public_key,
+)
 
 from billing.channels.base import Notice, Rejected, Reply, TradeStatus
 
+log = logging.getLogger("giftd.wechatpay")
+API_TIMEOUT_S = 10.0  # one v3 API call may take this long
 TIMESTAMP_SKEW_S = 300  # WeChat Pay's recommendation: refuse notifies older/newer than 5 min
 CLOSED_STATES = frozenset({"CLOSED", "REVOKED", "PAYERROR"})
 
@@ -48,7 +63,17 @@ class WechatPayChannel:
     name = "wechatpay"
 
     def __init__(self, *, mchid: str, appid: str, apiv3_key: bytes,
-                 platform_keys: Mapping[str, bytes]) -> None:
+                 platform_keys: Mapping[str, bytes], merchant_key_pem: bytes = b"",
+                 merchant_serial: str = "", api_base: str = "", notify_url: str = "") -> None:
+        self._merchant: rsa.RSAPrivateKey | None = None
+        if merchant_key_pem:
+            priv = load_pem_private_key(merchant_key_pem, password=None)
+            if not isinstance(priv, rsa.RSAPrivateKey):
+                raise ValueError("the merchant private key must be an RSA key")
+            self._merchant = priv
+        self.merchant_serial = merchant_serial
+        self.api_base = api_base.rstrip("/")
+        self.notify_url = notify_url
         if len(apiv3_key) != 32:
             raise ValueError("the APIv3 key must be 32 bytes")
         self.mchid = mchid
@@ -120,5 +145,80 @@ class WechatPayChannel:
             return Reply(200, b"", "application/json")
         return Reply(400, b'{"code":"FAIL","message":"not accepted"}', "application/json")
 
+    # --- the v3 API -------------------------------------------------------------------
+    def authorization(self, method: str, path: str, body: bytes, ts: str, nonce: str) -> str:
+        assert self._merchant is not None
+        msg = f"{method}\n{path}\n{ts}\n{nonce}\n".encode() + body + b"\n"
+        sig = base64.b64encode(self._merchant.sign(msg, padding.PKCS1v15(),
+                                                   hashes.SHA256())).decode()
+        return (f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",nonce_str="{nonce}",'
+                f'signature="{sig}",timestamp="{ts}",serial_no="{self.merchant_serial}"')
+
+    async def _call(self, method: str, path: str,
+                    payload: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]] | None:
+        """(status, verified JSON answer), or None (not configured, unreachable, forged)."""
+        if self._merchant is None or not self.api_base:
+            return None
+        body = orjson.dumps(payload) if payload is not None else b""
+        ts, nonce = str(int(time.time())), os.urandom(16).hex()
+        headers = {"Authorization": self.authorization(method, path, body, ts, nonce),
+                   "Accept": "application/json", "Content-Type": "application/json"}
+        try:
+            async with httpx.AsyncClient(timeout=API_TIMEOUT_S) as client:
+                r = await client.request(method, self.api_base + path, content=body or None,
+                                         headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("wechatpay %s %s: %r", method, path, exc)
+            return None
+        h = {k: v for k, v in r.headers.items()}
+        rts, rnonce = _header(h, "Wechatpay-Timestamp"), _header(h, "Wechatpay-Nonce")
+        key = self._keys.get(_header(h, "Wechatpay-Serial"))
+        try:
+            if key is None or not rts.isdigit() or abs(time.time() - int(rts)) > TIMESTAMP_SKEW_S:
+                raise InvalidSignature
+            key.verify(base64.b64decode(_header(h, "Wechatpay-Signature"), validate=True),
+                       signed_message(rts, rnonce, r.content), padding.PKCS1v15(),
+                       hashes.SHA256())
+            data = orjson.loads(r.content) if r.content else {}
+        except (InvalidSignature, binascii.Error, ValueError, orjson.JSONDecodeError):
+            log.warning("wechatpay %s %s: the answer's signature does not verify", method, path)
+            return None
+        return r.status_code, data if isinstance(data, dict) else {}
+
+    async def pay_params(self, order_id: str, amount_fen: int,
+                         subject: str) -> dict[str, str] | None:
+        """Native prepay: the `code_url` to show as a QR code."""
+        got = await self._call("POST", "/v3/pay/transactions/native", {
+            "appid": self.appid, "mchid": self.mchid, "description": subject,
+            "out_trade_no": order_id, "notify_url": self.notify_url,
+            "amount": {"total": amount_fen, "currency": "CNY"}})
+        if got is None or got[0] != 200 or not isinstance(got[1].get("code_url"), str):
+            return None
+        return {"code_url": got[1]["code_url"]}
+
     async def query(self, order_id: str) -> Notice | None:
-        return None  # the query API is not implemented (see the module docstring)
+        got = await self._call("GET", f"/v3/pay/transactions/out-trade-no/{order_id}"
+                                      f"?mchid={self.mchid}")
+        if got is None or got[0] != 200:
+            return None
+        tx = got[1]
+        amount = tx.get("amount")
+        total = amount.get("total") if isinstance(amount, dict) else None
+        trade_no = tx.get("transaction_id") or ""
+        if (tx.get("mchid") != self.mchid or tx.get("out_trade_no") != order_id
+                or type(total) is not int):
+            return None
+        raw = str(tx.get("trade_state", ""))
+        status = (TradeStatus.PAID if raw == "SUCCESS" else
+                  TradeStatus.CLOSED if raw in CLOSED_STATES else TradeStatus.NOT_PAID)
+        if status is TradeStatus.PAID and not trade_no:
+            return None
+        return Notice(order_id, total, str(trade_no), status, raw)
+
+    async def refund(self, order_id: str, out_refund_no: str, amount_fen: int,
+                     total_fen: int = 0) -> bool:
+        got = await self._call("POST", "/v3/refund/domestic/refunds", {
+            "out_trade_no": order_id, "out_refund_no": out_refund_no,
+            "amount": {"refund": amount_fen, "total": total_fen, "currency": "CNY"}})
+        return bool(got is not None and got[0] == 200
+                    and got[1].get("status") in ("SUCCESS", "PROCESSING"))
