@@ -290,8 +290,9 @@ class Billing:
                 counts["credited"] += outcome is Settled.CREDITED
                 continue
             if r["expired"]:
-                if isinstance(channel, SandboxChannel):
-                    await channel.close(r["id"])
+                close = getattr(channel, "close", None)
+                if channel is not None and close is not None:
+                    await close(r["id"])  # so no payment can land after we give up
                     again = await channel.query(r["id"])  # paid in the meantime?
                     if again is not None and again.status is TradeStatus.PAID:
                         await self.settle(r["channel"], again, "query")

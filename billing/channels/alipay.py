@@ -226,6 +226,11 @@ class AlipayChannel:
                   TradeStatus.CLOSED if raw == "TRADE_CLOSED" else TradeStatus.NOT_PAID)
         return Notice(order_id, amount, str(node["trade_no"]), status, raw)
 
+    async def close(self, order_id: str) -> bool:
+        """alipay.trade.close: an unpaid trade can no longer be paid."""
+        node = await self._call("alipay.trade.close", {"out_trade_no": order_id})
+        return bool(node is not None and node.get("code") == "10000")
+
     async def refund(self, order_id: str, out_refund_no: str, amount_fen: int,
                      total_fen: int = 0) -> bool:
         """Pay `amount_fen` of the order back (idempotent on out_refund_no at Alipay)."""

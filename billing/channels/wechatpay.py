@@ -215,6 +215,12 @@ class WechatPayChannel:
             return None
         return Notice(order_id, total, str(trade_no), status, raw)
 
+    async def close(self, order_id: str) -> bool:
+        """Close an unpaid order (answered 204) so it can no longer be paid."""
+        got = await self._call("POST", f"/v3/pay/transactions/out-trade-no/{order_id}/close",
+                               {"mchid": self.mchid})
+        return bool(got is not None and got[0] in (200, 204))
+
     async def refund(self, order_id: str, out_refund_no: str, amount_fen: int,
                      total_fen: int = 0) -> bool:
         got = await self._call("POST", "/v3/refund/domestic/refunds", {

@@ -39,6 +39,7 @@ class FakeGateway:
     def __init__(self) -> None:
         self.trades: dict[str, dict[str, str]] = {}
         self.refunds: dict[str, str] = {}
+        self.closed: list[str] = []
         self.signer = "alipay"
         self.calls: list[str] = []
         self.port = free_port()
@@ -61,6 +62,9 @@ class FakeGateway:
             self.refunds[biz["out_request_no"]] = biz["refund_amount"]
             node = {"code": "10000", "msg": "Success", "out_trade_no": biz["out_trade_no"],
                     "refund_fee": biz["refund_amount"], "fund_change": "Y"}
+        elif method == "alipay.trade.close":
+            self.closed.append(biz["out_trade_no"])
+            node = {"code": "10000", "msg": "Success", "out_trade_no": biz["out_trade_no"]}
         else:
             node = {"code": "40004", "msg": "unknown method"}
         raw = json.dumps(node, ensure_ascii=False)
@@ -138,6 +142,15 @@ async def test_alipay_app_pay_query_fallback_and_refund(gateway: FakeGateway, re
             assert r.status_code == 201 and r.json()["refund"]["channel_refunded"] is True
             assert gateway.refunds == {r.json()["refund"]["id"]: "30.00"}
             assert await balance(http, u) == 0
+            # Expiry: the trade is closed at Alipay, then the order here.
+            o3 = (await create_order(http, u, key="c", channel="alipay",
+                                     pack_yuan=6)).json()["order"]
+            await pool.execute("UPDATE recharge_orders SET expires_at = now() - interval '1 s' "
+                               "WHERE id = $1", o3["id"])
+            assert (await b.sweep_pending())["closed"] >= 1
+            assert o3["id"] in gateway.closed
+            assert (await pool.fetchval("SELECT status FROM recharge_orders WHERE id = $1",
+                                        o3["id"])) == "CLOSED"
             await check_invariants(redis, pool)
     finally:
         await srv.stop()

@@ -40,12 +40,15 @@ class FakeWechat:
     def __init__(self) -> None:
         self.trades: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, int] = {}
+        self.closed: list[str] = []
         self.signer = "wechat"
         self.port = free_port()
         self.app = Starlette(routes=[
             Route("/v3/pay/transactions/native", self.native, methods=["POST"]),
             Route("/v3/pay/transactions/out-trade-no/{oid}", self.query, methods=["GET"]),
             Route("/v3/refund/domestic/refunds", self.refund, methods=["POST"]),
+            Route("/v3/pay/transactions/out-trade-no/{oid}/close", self.close,
+                  methods=["POST"]),
         ])
 
     async def _check(self, request: Request) -> bytes:
@@ -80,6 +83,11 @@ class FakeWechat:
         if t is None:
             return self._answer(404, {"code": "ORDER_NOT_EXIST", "message": "not found"})
         return self._answer(200, t)
+
+    async def close(self, request: Request) -> Response:
+        await self._check(request)
+        self.closed.append(request.path_params["oid"])
+        return self._answer(204, {})
 
     async def refund(self, request: Request) -> Response:
         req = orjson.loads(await self._check(request))
@@ -151,6 +159,11 @@ async def test_wechatpay_prepay_query_fallback_and_refund(wx: FakeWechat, redis_
             assert r.status_code == 201 and r.json()["refund"]["channel_refunded"] is True
             assert wx.refunds == {r.json()["refund"]["id"]: 4900}
             assert await balance(http, u) == 1078 - 490 - 49
+            o3 = (await create_order(http, u, key="c", channel="wechatpay",
+                                     pack_yuan=6)).json()["order"]
+            await pool.execute("UPDATE recharge_orders SET expires_at = now() - interval '1 s' "
+                               "WHERE id = $1", o3["id"])
+            assert (await b.sweep_pending())["closed"] >= 1 and o3["id"] in wx.closed
             await check_invariants(redis, pool)
     finally:
         await srv.stop()
