@@ -49,7 +49,9 @@ class Scripts:
         self.send_gifts = Script("send_gifts")
         self.credit = Script("credit")
         self.end_combos = Script("end_combos")
+        self.pk = Script("pk")
 
     async def load(self, redis: Redis) -> None:
-        for s in (self.send_gifts, self.credit, self.end_combos):
-            await s.load(redis)
+        for s in vars(self).values():
+            if isinstance(s, Script):
+                await s.load(redis)

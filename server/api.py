@@ -286,3 +286,50 @@ async def board(request: Request) -> Response:
         out["me"] = {"rank": None if my_rank is None else int(my_rank) + 1,
                      "score": int(my_score or 0)}
     return JSONResponse(out)
+
+
+_PK_STATUS = {"ok": 200, "busy": 409, "not_found": 404, "not_yours": 403, "bad_state": 409}
+
+
+async def _own_room(request: Request, user_id: int) -> str:
+    ctx = ctx_of(request)
+    room_id = await ctx.pool.fetchval("SELECT id FROM rooms WHERE streamer_id = $1", user_id)
+    if room_id is None:
+        raise ApiError(403, "no_room", "only a streamer with a room can do this")
+    return str(room_id)
+
+
+async def pk_invite(request: Request) -> Response:
+    """A streamer invites another room's streamer to a PK battle."""
+    ctx = ctx_of(request)
+    me = principal_of(request)
+    mine = await _own_room(request, me.user_id)
+    data = await json_body(request)
+    other = await ctx.rooms.get(_str(data, "room"))
+    if other is None:
+        raise ApiError(404, "unknown_room", "no such room")
+    if other.id == mine:
+        raise ApiError(400, "bad_field", "a room cannot battle itself")
+    outcome, pk_id = await ctx.battles.invite(mine, me.user_id, other.id, other.streamer_id)
+    body: dict[str, Any] = {"outcome": outcome.value, "pk_id": pk_id}
+    if outcome.value == "ok":
+        body["pk"] = await ctx.battles.state(pk_id)
+    return JSONResponse(body, _PK_STATUS[outcome.value])
+
+
+async def pk_answer(request: Request) -> Response:
+    ctx = ctx_of(request)
+    me = principal_of(request)
+    pk_id = request.path_params["pk_id"]
+    accept = request.path_params["answer"] == "accept"
+    outcome = await ctx.battles.answer(pk_id, me.user_id, accept)
+    return JSONResponse({"outcome": outcome.value, "pk": await ctx.battles.state(pk_id)},
+                        _PK_STATUS[outcome.value])
+
+
+async def pk_get(request: Request) -> Response:
+    ctx = ctx_of(request)
+    state = await ctx.battles.state(request.path_params["pk_id"])
+    if state is None:
+        raise ApiError(404, "not_found", "no such battle")
+    return JSONResponse(state)

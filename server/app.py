@@ -30,6 +30,7 @@ from rooms.conn import CaptureWsProtocol
 from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
+from rooms.pk import Battles
 from server import api, keys
 from server.context import Ctx
 from server.gateway import ws_endpoint
@@ -157,13 +158,15 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             bus=RoomBus(redis, hub, names, settings.node_id),
             metrics=metrics,
             user_buckets=UserBuckets(settings.user_send_rate_per_s, settings.user_send_burst),
+            battles=Battles(redis, scripts.pk, settings),
         )
         app.state.ctx = ctx
         ctx.sender.start()
         hub.start()
         await ctx.bus.start()
         tasks = [asyncio.create_task(_outbox_loop(ctx), name="credit-outbox"),
-                 asyncio.create_task(_combo_end_loop(ctx), name="combo-ends")]
+                 asyncio.create_task(_combo_end_loop(ctx), name="combo-ends"),
+                 asyncio.create_task(ctx.battles.run_ticks(), name="pk-ticks")]
         if settings.flusher_enabled:
             ctx.flusher = Flusher(redis, pool, consumer=f"flusher-{settings.node_id}",
                                   batch_max=settings.flush_batch_max,
@@ -208,6 +211,9 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             Route("/api/demo", api.demo),
             Route("/api/rooms/{room}/leaderboard", api.leaderboard),
             Route("/api/boards/{kind}/{period}", api.board),
+            Route("/api/pk/invite", api.pk_invite, methods=["POST"]),
+            Route("/api/pk/{pk_id}/{answer:str}", api.pk_answer, methods=["POST"]),
+            Route("/api/pk/{pk_id}", api.pk_get),
             *billing_api.routes(),
             WebSocketRoute("/ws", ws_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),

@@ -15,6 +15,7 @@ from rooms.bus import RoomBus
 from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
+from rooms.pk import Battles
 from server.metrics import Metrics
 from server.ratelimit import UserBuckets
 from server.settings import Settings
@@ -36,6 +37,7 @@ class Ctx:
     hub: Hub
     bus: RoomBus
     metrics: Metrics
+    battles: Battles
     user_buckets: UserBuckets = field(default_factory=lambda: UserBuckets(50, 100))
     flusher: Flusher | None = None
 

@@ -165,6 +165,7 @@ class Session:
         replay: list[Any] | None = None
         try:
             balance = await ctx.redis.get(keys.balance(self.principal.user_id))
+            pk = await ctx.battles.of_room(room_info.id)  # for the score bar; events keep it fresh
             for _ in range(RESUME_ATTEMPTS):
                 history = (await ctx.bus.history_since(room_info.id, msg.since + 1)
                            if msg.since is not None else [])
@@ -192,6 +193,7 @@ class Session:
         snap = ctx.hub.snapshot(room)
         if replay is not None:
             snap["replay"] = replay
+        snap["pk"] = pk
         self.conn.send({
             "type": kind,
             "room": room_info.id,

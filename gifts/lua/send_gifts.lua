@@ -105,10 +105,31 @@ for i = 0, n - 1 do
     redis.call('HSET', ck, 'id', combo_id, 'n', combo_n, 'v', combo_v, 'last', now_ms,
                'room', room, 'sender', sender_json, 'gift', code)
     redis.call('ZADD', P .. 'combo:due', now_ms + window, member)
+    -- A running PK battle: the gift scores for its room's side (x the multiplier
+    -- in the last window), on the server clock; after the end it scores nothing.
+    local pk_json = ''
+    local pk_id = redis.call('GET', P .. 'room:' .. room .. ':pk')
+    if pk_id then
+      local pkey = P .. 'pk:' .. pk_id
+      local pk = redis.call('HMGET', pkey, 'state', 'start', 'end', 'room_a', 'room_b',
+                            'mult_from', 'mult')
+      if pk[1] == 'running' and now_ms >= tonumber(pk[2]) and now_ms < tonumber(pk[3]) then
+        local side, other = 'a', pk[5]
+        if room ~= pk[4] then side, other = 'b', pk[4] end
+        local points = amount
+        if now_ms >= tonumber(pk[6]) then points = amount * tonumber(pk[7]) end
+        redis.call('HINCRBY', pkey, 'score_' .. side, points)
+        local sc = redis.call('HMGET', pkey, 'score_a', 'score_b')
+        pk_json = ',"pk":{"id":"' .. pk_id .. '","side":"' .. side .. '","points":' .. points
+          .. ',"score_a":' .. sc[1] .. ',"score_b":' .. sc[2] .. '}'
+        room_event(P, other, now_ms, hist_max, '"type":"pk_score","room":"' .. other
+          .. '","pk_id":"' .. pk_id .. '","score_a":' .. sc[1] .. ',"score_b":' .. sc[2] .. '}')
+      end
+    end
     local seq, payload = room_event(P, room, now_ms, hist_max,
       '"event_id":"' .. eid .. '","sender_total":' .. sender_total .. ',"room_total":'
       .. room_total .. ',"combo_id":"' .. combo_id .. '","combo_count":' .. combo_n
-      .. ',"combo_value":' .. combo_v .. ',"sender":' .. sender_json .. ',' .. tail)
+      .. ',"combo_value":' .. combo_v .. ',"sender":' .. sender_json .. pk_json .. ',' .. tail)
     redis.call('HSET', idem_key, 'fp', fp, 'bal', new_balance, 'eid', eid, 'seq', seq)
     redis.call('EXPIRE', idem_key, idem_ttl)
     local recent_key = P .. 'user:' .. uid .. ':recent'
