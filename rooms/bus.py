@@ -137,7 +137,9 @@ class RoomBus:
                         continue
                     room_id = self._channels.get(msg["channel"])
                     if room_id is not None:
-                        await self._offer(room_id, msg["data"])
+                        # one message holds a script call's events for the room
+                        for raw in msg["data"].split(b"\n"):
+                            await self._offer(room_id, raw)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

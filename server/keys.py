@@ -26,7 +26,8 @@ def balance(user_id: int) -> str:
 
 
 def idempotency(user_id: int, client_id: str) -> str:
-    """Hash: the result of an accepted gift id (fp, bal, eid, seq); expires after the TTL."""
+    """String "fp<TAB>balance<TAB>event id<TAB>seq": the result of an accepted gift id;
+    expires after idempotency_ttl_s."""
     return f"{PREFIX}idem:{user_id}:{client_id}"
 
 
@@ -89,3 +90,8 @@ def board_streamers(period: str) -> str:
 def board_gifters(period: str) -> str:
     """Sorted set: gifters by coins sent in a period."""
     return f"{PREFIX}board:gifter:{period}"
+
+
+def board_fans(streamer_id: int, period: str) -> str:
+    """Sorted set: one streamer's gifters by coins sent to them in a period."""
+    return f"{PREFIX}board:fans:{streamer_id}:{period}"

@@ -4,12 +4,29 @@
 -- seq from the first bytes), is kept in the room's capped history stream (for
 -- gap repair and resume) and published on the room channel, in seq order.
 -- `body` is the rest of the event's JSON after those two fields, ending in '}'.
+--
+-- Publishing is batched: a script's events for one room go out as ONE pub/sub
+-- message, the payloads joined by "\n" (JSON built here and by orjson never
+-- holds a raw newline). Every subscribed process then handles one message per
+-- room per script call instead of one per gift. Call publish_all() last.
+local PUB_ROOMS, PUB = {}, {}
 local function room_event(P, room, now_ms, hist_max, body)
   local seq = redis.call('INCR', P .. 'room:' .. room .. ':seq')
   local payload = '{"seq":' .. seq .. ',"ts_ms":' .. now_ms .. ',' .. body
   redis.call('XADD', P .. 'room:' .. room .. ':hist', 'MAXLEN', '~', hist_max, '*', 'p', payload)
-  redis.call('PUBLISH', P .. 'room:' .. room .. ':ch', payload)
+  if not PUB[room] then
+    PUB[room] = {}
+    PUB_ROOMS[#PUB_ROOMS + 1] = room
+  end
+  table.insert(PUB[room], payload)
   return seq, payload
+end
+
+local function publish_all(P)
+  for _, room in ipairs(PUB_ROOMS) do
+    redis.call('PUBLISH', P .. 'room:' .. room .. ':ch', table.concat(PUB[room], '\n'))
+  end
+  PUB_ROOMS, PUB = {}, {}
 end
 
 -- The combo-end event of a streak kept in hash `ck`, then forget the streak.

@@ -25,4 +25,5 @@ for _, member in ipairs(due) do
     ended = ended + end_combo(P, ck, member, now_ms, hist_max, t2, t3, t4)
   end
 end
+publish_all(P)
 return ended

@@ -71,6 +71,7 @@ if action == 'invite' then
     return '"type":"pk_invite","room":"' .. r .. '",' .. summary(pk)
       .. ',"expires_ms":' .. (now_ms + ttl) .. '}'
   end)
+  publish_all(P)
   return {'ok', id}
 end
 
@@ -83,6 +84,7 @@ if action == 'accept' or action == 'decline' then
     redis.call('HSET', pk_key(pk.id), 'state', 'declined')
     release(pk)
     both(pk, function(r) return '"type":"pk_declined","room":"' .. r .. '",' .. summary(pk) .. '}' end)
+    publish_all(P)
     return {'ok', pk.id}
   end
   local round, punish = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -96,6 +98,7 @@ if action == 'accept' or action == 'decline' then
       .. ',"end_ms":' .. end_ms .. ',"multiplier_from_ms":' .. (end_ms - mult_window)
       .. ',"multiplier":' .. mult .. '}'
   end)
+  publish_all(P)
   return {'ok', pk.id}
 end
 
@@ -133,6 +136,7 @@ if action == 'tick' then
       redis.call('ZREM', due, id)
     end
   end
+  publish_all(P)
   return moved
 end
 

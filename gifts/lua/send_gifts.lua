@@ -51,7 +51,10 @@ local ledger = P .. 'ledger'
 local backlog = redis.call('XLEN', ledger)
 local now_ms = now_ms_of_redis()
 local results = {}
-local touched_boards = false
+-- Board bumps and recent-gift lists are summed over the batch and written once
+-- per distinct member at the end: a surge of one user's gifts costs one ZINCRBY.
+local by_streamer, by_gifter, by_fan, recent, recent_users = {}, {}, {}, {}, {}
+local function add(t, k, v) t[k] = (t[k] or 0) + v end
 
 for i = 0, n - 1 do
   local b = H + i * F
@@ -63,13 +66,14 @@ for i = 0, n - 1 do
   local bal_key = P .. 'bal:' .. uid
 
   -- 1. decide, without writing
-  local prev = redis.call('HMGET', idem_key, 'fp', 'bal', 'eid', 'seq')
+  local prev_raw = redis.call('GET', idem_key)
   local balance = tonumber(redis.call('GET', bal_key) or '0')
-  if prev[1] then
-    if prev[1] == fp then
-      results[i + 1] = {'duplicate', prev[2], prev[3], prev[4]}
+  if prev_raw then
+    local p_fp, p_bal, p_eid, p_seq = string.match(prev_raw, '^(.-)\t(.-)\t(.-)\t(.-)$')
+    if p_fp == fp then
+      results[i + 1] = {'duplicate', p_bal, p_eid, p_seq}
     else
-      results[i + 1] = {'conflict', tostring(balance), prev[3], prev[4]}
+      results[i + 1] = {'conflict', tostring(balance), p_eid, p_seq}
     end
   elseif balance < amount then
     results[i + 1] = {'insufficient_balance', tostring(balance), '', '0'}
@@ -84,11 +88,10 @@ for i = 0, n - 1 do
     backlog = backlog + 1
     local sender_total = redis.call('ZINCRBY', P .. 'room:' .. room .. ':rank', amount, uid)
     local room_total = redis.call('INCRBY', P .. 'room:' .. room .. ':earn', amount)
-    for _, period in ipairs(periods) do
-      redis.call('ZINCRBY', P .. 'board:streamer:' .. period, amount, streamer)
-      redis.call('ZINCRBY', P .. 'board:gifter:' .. period, amount, uid)
-    end
-    touched_boards = true
+    add(by_streamer, streamer, amount)
+    add(by_gifter, uid, amount)
+    by_fan[streamer] = by_fan[streamer] or {}
+    add(by_fan[streamer], uid, amount)
     -- The streak: same sender, same gift, same room, within the window.
     local member = room .. ':' .. uid .. ':' .. code
     local ck = P .. 'combo:' .. member
@@ -130,20 +133,40 @@ for i = 0, n - 1 do
       '"event_id":"' .. eid .. '","sender_total":' .. sender_total .. ',"room_total":'
       .. room_total .. ',"combo_id":"' .. combo_id .. '","combo_count":' .. combo_n
       .. ',"combo_value":' .. combo_v .. ',"sender":' .. sender_json .. pk_json .. ',' .. tail)
-    redis.call('HSET', idem_key, 'fp', fp, 'bal', new_balance, 'eid', eid, 'seq', seq)
-    redis.call('EXPIRE', idem_key, idem_ttl)
-    local recent_key = P .. 'user:' .. uid .. ':recent'
-    redis.call('LPUSH', recent_key, payload)
-    redis.call('LTRIM', recent_key, 0, 49)
+    -- one compact string, not a hash: ~100 bytes per remembered id
+    redis.call('SET', idem_key, fp .. '\t' .. new_balance .. '\t' .. eid .. '\t' .. seq,
+               'EX', idem_ttl)
+    if not recent[uid] then
+      recent[uid] = {}
+      recent_users[#recent_users + 1] = uid
+    end
+    table.insert(recent[uid], payload)
     results[i + 1] = {'ok', tostring(new_balance), eid, tostring(seq)}
   end
 end
 
--- Period boards expire on their own; setting the TTL once per batch is enough.
-if touched_boards then
-  for _, period in ipairs(periods) do
-    redis.call('EXPIRE', P .. 'board:streamer:' .. period, board_ttl, 'NX')
-    redis.call('EXPIRE', P .. 'board:gifter:' .. period, board_ttl, 'NX')
+-- Boards: the global streamer and gifter boards, and each streamer's own fan
+-- board, per day/week/month. They expire on their own (TTL set once).
+local function bump(key, totals)
+  local any = false
+  for member, amount in pairs(totals) do
+    redis.call('ZINCRBY', key, amount, member)
+    any = true
+  end
+  if any then redis.call('EXPIRE', key, board_ttl, 'NX') end
+end
+for _, period in ipairs(periods) do
+  bump(P .. 'board:streamer:' .. period, by_streamer)
+  bump(P .. 'board:gifter:' .. period, by_gifter)
+  for streamer, fans in pairs(by_fan) do
+    bump(P .. 'board:fans:' .. streamer .. ':' .. period, fans)
   end
 end
+for _, uid in ipairs(recent_users) do
+  local recent_key = P .. 'user:' .. uid .. ':recent'
+  local list = recent[uid]
+  redis.call('LPUSH', recent_key, unpack(list, math.max(1, #list - 49)))  -- the list keeps 50
+  redis.call('LTRIM', recent_key, 0, 49)
+end
+publish_all(P)
 return results
