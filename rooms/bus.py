@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -42,10 +43,13 @@ class RoomBus:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.gaps_repaired = 0
+        self._control = keys.CONTROL_CHANNEL.encode()
+        self.on_control: Callable[[bytes], None] | None = None
 
     async def start(self) -> None:
-        # A first subscription opens the connection; `listen` needs one.
-        await self.pubsub.subscribe(keys.PREFIX + "bus:hello")
+        # The control channel (revocations etc.) is always subscribed; it also
+        # opens the connection, which `listen` needs.
+        await self.pubsub.subscribe(keys.CONTROL_CHANNEL)
         self._tasks = [asyncio.create_task(self._listen(), name="room-bus"),
                        asyncio.create_task(self._presence(), name="room-presence")]
 
@@ -134,6 +138,9 @@ class RoomBus:
                             waiter.set()
                         continue
                     if kind != "message":
+                        continue
+                    if msg["channel"] == self._control and self.on_control is not None:
+                        self.on_control(msg["data"])
                         continue
                     room_id = self._channels.get(msg["channel"])
                     if room_id is not None:

@@ -27,6 +27,7 @@ log = logging.getLogger("giftd.conn")
 CLOSE_SLOW_CONSUMER = 4008  # fell more than outbound_bytes_max behind
 CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect (to another node)
 CLOSE_JOIN_TIMEOUT = 4001  # connected but did not join a room within join_timeout_s
+CLOSE_REVOKED = 4003  # the overlay token this connection used was revoked
 ABORT_AFTER_CLOSE_S = 2.0  # a slow viewer that will not read our close frame is cut off
 
 

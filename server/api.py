@@ -57,9 +57,12 @@ def principal_of(request: Request) -> Principal:
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     try:
-        return verify_token(ctx_of(request).secret, token)
+        p = verify_token(ctx_of(request).secret, token)
     except AuthError as exc:
         raise ApiError(401, exc.code, str(exc)) from None
+    if p.role is Role.OVERLAY:  # widgets read over /ws; they act as nobody here
+        raise ApiError(403, "read_only", "an overlay token cannot use the API")
+    return p
 
 
 def _str(data: dict[str, Any], name: str, required: bool = True) -> str:
@@ -333,3 +336,26 @@ async def pk_get(request: Request) -> Response:
     if state is None:
         raise ApiError(404, "not_found", "no such battle")
     return JSONResponse(state)
+
+
+async def overlay_token(request: Request) -> Response:
+    """A streamer's read-only overlay token (and URL) for OBS browser sources."""
+    from server.auth import issue_overlay_token
+
+    ctx = ctx_of(request)
+    me = principal_of(request)
+    room = await _own_room(request, me.user_id)
+    version = int(await ctx.redis.get(keys.overlay_version(me.user_id)) or 0)
+    token = issue_overlay_token(ctx.secret, me.user_id, me.name, version)
+    return JSONResponse({"token": token, "version": version, "room": room,
+                         "url": f"/overlay/?token={token}"})
+
+
+async def overlay_revoke(request: Request) -> Response:
+    """Revoke every overlay token of the caller: connected widgets are closed (4003)."""
+    ctx = ctx_of(request)
+    me = principal_of(request)
+    await _own_room(request, me.user_id)
+    version = int(await ctx.redis.incr(keys.overlay_version(me.user_id)))
+    await ctx.redis.publish(keys.CONTROL_CHANNEL, f"overlay_revoked:{me.user_id}")
+    return JSONResponse({"version": version})

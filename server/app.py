@@ -25,6 +25,7 @@ from billing.migrate import migrate
 from gifts.catalog import Catalog, Gift, default_catalog
 from gifts.scripts import Scripts
 from gifts.sender import GiftSender
+from rooms.board_feed import BoardFeed
 from rooms.bus import RoomBus
 from rooms.conn import CaptureWsProtocol
 from rooms.directory import RoomDirectory
@@ -159,10 +160,13 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             metrics=metrics,
             user_buckets=UserBuckets(settings.user_send_rate_per_s, settings.user_send_burst),
             battles=Battles(redis, scripts.pk, settings),
+            board_feed=BoardFeed(redis, names, settings),
         )
         app.state.ctx = ctx
         ctx.sender.start()
         hub.start()
+        ctx.board_feed.start()
+        ctx.bus.on_control = ctx.on_control
         await ctx.bus.start()
         tasks = [asyncio.create_task(_outbox_loop(ctx), name="credit-outbox"),
                  asyncio.create_task(_combo_end_loop(ctx), name="combo-ends"),
@@ -188,6 +192,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await ctx.bus.stop()
+            await ctx.board_feed.stop()
             await hub.stop()
             await ctx.sender.stop()
             await pool.close()
@@ -212,6 +217,8 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             Route("/api/rooms/{room}/leaderboard", api.leaderboard),
             Route("/api/boards/{kind}/{period}", api.board),
             Route("/api/pk/invite", api.pk_invite, methods=["POST"]),
+            Route("/api/overlay/token", api.overlay_token, methods=["POST"]),
+            Route("/api/overlay/revoke", api.overlay_revoke, methods=["POST"]),
             Route("/api/pk/{pk_id}/{answer:str}", api.pk_answer, methods=["POST"]),
             Route("/api/pk/{pk_id}", api.pk_get),
             *billing_api.routes(),

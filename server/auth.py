@@ -19,6 +19,9 @@ class Role(StrEnum):
     VIEWER = "viewer"
     STREAMER = "streamer"
     ADMIN = "admin"
+    # Not a user role: what an overlay token speaks as. Read-only, scoped to
+    # one streamer (user_id is that streamer's id), revocable.
+    OVERLAY = "overlay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,10 @@ class Principal:
     user_id: int
     name: str
     role: Role
+    overlay_version: int | None = None  # overlay tokens: valid while it is the current one
+
+
+OVERLAY_TOKEN_TTL_S = 365 * 24 * 3600  # an OBS browser source keeps its URL; revoke to end it
 
 
 class AuthError(Exception):
@@ -73,6 +80,19 @@ def verify_token(secret: str, token: str) -> Principal:
     except jwt.PyJWTError:
         raise AuthError("bad_token", "the token is not valid") from None
     try:
-        return Principal(int(claims["sub"]), str(claims.get("name", "")), Role(claims["role"]))
-    except (KeyError, ValueError):
+        role = Role(claims["role"])
+        version = int(claims["ver"]) if role is Role.OVERLAY else None
+        return Principal(int(claims["sub"]), str(claims.get("name", "")), role, version)
+    except (KeyError, ValueError, TypeError):
         raise AuthError("bad_token", "the token is not valid") from None
+
+
+def issue_overlay_token(secret: str, streamer_id: int, streamer_name: str, version: int,
+                        now_s: float | None = None) -> str:
+    """A read-only token for one streamer's overlay widgets, valid until revoked
+    (the streamer's overlay version moves on) or a year has passed."""
+    now = int(now_s if now_s is not None else time.time())
+    claims = {"iss": ISSUER, "sub": str(streamer_id), "name": streamer_name,
+              "role": Role.OVERLAY.value, "ver": version, "iat": now,
+              "exp": now + OVERLAY_TOKEN_TTL_S}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)

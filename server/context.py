@@ -11,7 +11,9 @@ from billing.flusher import Flusher
 from gifts.catalog import Catalog
 from gifts.scripts import Scripts
 from gifts.sender import GiftSender
+from rooms.board_feed import BoardFeed
 from rooms.bus import RoomBus
+from rooms.conn import Conn
 from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
@@ -38,8 +40,20 @@ class Ctx:
     bus: RoomBus
     metrics: Metrics
     battles: Battles
+    board_feed: BoardFeed
     user_buckets: UserBuckets = field(default_factory=lambda: UserBuckets(50, 100))
     flusher: Flusher | None = None
+    # overlay connections by streamer id, so a revocation can close them
+    overlays: dict[int, dict[int, Conn]] = field(default_factory=dict)
+
+    def on_control(self, data: bytes) -> None:
+        """A process-wide notice from the control channel."""
+        kind, _, arg = data.decode(errors="replace").partition(":")
+        if kind == "overlay_revoked" and arg.isdigit():
+            from rooms.conn import CLOSE_REVOKED
+
+            for conn in list(self.overlays.pop(int(arg), {}).values()):
+                conn.close(CLOSE_REVOKED, "overlay token revoked")
 
     def say_goodbye(self) -> None:
         """Tell every viewer to reconnect (elsewhere), then close with 1001."""

@@ -22,13 +22,23 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gifts.catalog import Gift
 from gifts.send_rule import Outcome
 from gifts.sender import Overloaded, SendRequest
+from rooms.board_feed import BOARD_SUBSCRIPTIONS_PER_CONN_MAX
 from rooms.bus import seq_of
 from rooms.conn import CLOSE_JOIN_TIMEOUT, Conn
 from rooms.resume import ResumePlan, plan_resume
 from server import keys
-from server.auth import AuthError, Principal, verify_token
+from server.auth import AuthError, Principal, Role, verify_token
 from server.codec import negotiate
-from server.protocol import CUSTOM_TIP, Join, Limits, Ping, ProtocolError, SendGift, parse
+from server.protocol import (
+    CUSTOM_TIP,
+    Join,
+    Limits,
+    Ping,
+    ProtocolError,
+    SendGift,
+    Subscribe,
+    parse,
+)
 from server.ratelimit import TokenBucket, admit
 
 if TYPE_CHECKING:
@@ -68,6 +78,10 @@ async def ws_endpoint(ws: WebSocket) -> None:
         return
     try:
         principal = verify_token(ctx.secret, _token_of(ws))
+        if principal.role is Role.OVERLAY:
+            current = int(await ctx.redis.get(keys.overlay_version(principal.user_id)) or 0)
+            if principal.overlay_version != current:
+                raise AuthError("token_revoked", "this overlay token was revoked")
     except AuthError as exc:
         await ws.send_denial_response(
             JSONResponse({"code": exc.code, "message": str(exc)}, 401))
@@ -76,10 +90,15 @@ async def ws_endpoint(ws: WebSocket) -> None:
     await ws.accept(subprotocol=subprotocol)
     conn = Conn(ws, principal, fmt, s.outbound_bytes_max)
     session = Session(ctx, conn)
+    if principal.role is Role.OVERLAY:
+        ctx.overlays.setdefault(principal.user_id, {})[conn.id] = conn
     ctx.metrics.connections.inc()
     try:
         await session.run()
     finally:
+        ctx.board_feed.drop(conn)
+        if principal.role is Role.OVERLAY:
+            ctx.overlays.get(principal.user_id, {}).pop(conn.id, None)
         session._join_timer.cancel()
         ctx.metrics.connections.dec()
         await session.leave()
@@ -125,6 +144,9 @@ class Session:
                 data = msg.get("text", "")
             try:
                 parsed = parse(data, self.conn.fmt, self.limits)
+                if isinstance(parsed, SendGift) and self.principal.role is Role.OVERLAY:
+                    raise ProtocolError("read_only", "an overlay token cannot send gifts",
+                                        parsed.id)
                 if isinstance(parsed, SendGift):
                     # Membership is decided now, in message order, not when the
                     # send task gets to run (a `join` may follow right behind).
@@ -146,6 +168,9 @@ class Session:
                 elif isinstance(parsed, Join):
                     await self.join(parsed)
                     self.joined_once = True
+                elif isinstance(parsed, Subscribe):
+                    await self.subscribe(parsed)
+                    self.joined_once = True  # a board widget need not join a room
                 elif isinstance(parsed, Ping):
                     self.conn.send({"type": "pong", "nonce": parsed.nonce})
             except ProtocolError as exc:
@@ -161,6 +186,8 @@ class Session:
         room_info = await ctx.rooms.get(msg.room)
         if room_info is None:
             raise ProtocolError("unknown_room", "no such room")
+        if self.principal.role is Role.OVERLAY and room_info.streamer_id != self.principal.user_id:
+            raise ProtocolError("out_of_scope", "this overlay token is for another streamer")
         await self.leave()
         replay: list[Any] | None = None
         try:
@@ -204,6 +231,16 @@ class Session:
             "balance": int(balance or 0),
             **snap,
         })
+
+    async def subscribe(self, msg: Subscribe) -> None:
+        p = self.principal
+        if p.role is Role.OVERLAY and msg.streamer != p.user_id:
+            raise ProtocolError("out_of_scope", "this overlay token is for another streamer")
+        feed = self.ctx.board_feed
+        if feed.count_of(self.conn) >= BOARD_SUBSCRIPTIONS_PER_CONN_MAX:
+            raise ProtocolError("too_many_subscriptions",
+                                f"at most {BOARD_SUBSCRIPTIONS_PER_CONN_MAX} boards")
+        self.conn.send(await feed.subscribe(self.conn, msg.streamer, msg.span))
 
     async def leave(self) -> None:
         room = self.ctx.hub.remove(self.conn)

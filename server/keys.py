@@ -20,6 +20,15 @@ LEDGER_STREAM = PREFIX + "ledger"
 FLUSHER_GROUP = "flusher"
 
 
+# Pub/sub channel of process-wide notices, e.g. b"overlay_revoked:<streamer id>".
+CONTROL_CHANNEL = PREFIX + "control"
+
+
+def overlay_version(streamer_id: int) -> str:
+    """String: the streamer's current overlay token version; revoking bumps it."""
+    return f"{PREFIX}overlay:ver:{streamer_id}"
+
+
 def balance(user_id: int) -> str:
     """String: the user's spendable coins (integer). Missing means 0."""
     return f"{PREFIX}bal:{user_id}"

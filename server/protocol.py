@@ -49,11 +49,18 @@ class SendGift:
 
 
 @dataclass(frozen=True, slots=True)
+class Subscribe:
+    board: str  # "fans": one streamer's gifters
+    streamer: int
+    span: str  # day | week | month
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     nonce: Any = None
 
 
-Message = Join | SendGift | Ping
+Message = Join | SendGift | Subscribe | Ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,4 +130,11 @@ def parse(data: bytes | str, fmt: WireFormat, limits: Limits) -> Message:
         return Join(room, since)
     if kind == "ping":
         return Ping(msg.get("nonce"))
+    if kind == "subscribe":
+        board = _field(msg, "board", str)
+        streamer = _field(msg, "streamer", int)
+        span = _field(msg, "span", str)
+        if board != "fans" or span not in ("day", "week", "month"):
+            raise ProtocolError("unknown_board", "boards: 'fans' by day, week or month")
+        return Subscribe(board, streamer, span)
     raise ProtocolError("unknown_type", f"unknown message type '{kind[:32]}'")
