@@ -212,7 +212,7 @@ async def health(request: Request) -> Response:
     except Exception:
         checks["postgres"] = False
     ok = all(checks.values())
-    return JSONResponse({"ok": ok, **checks}, 200 if ok else 503)
+    return JSONResponse({"ok": ok, **checks, "node": ctx.settings.node_id}, 200 if ok else 503)
 
 
 async def metrics(request: Request) -> Response:

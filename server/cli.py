@@ -11,11 +11,13 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from server.settings import Settings
 
@@ -133,13 +135,103 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       f"  demo password:  {DEMO_PASSWORD}", flush=True)
             print("Ctrl-C stops giftd and its embedded servers.", flush=True)
 
-        app = create_app(settings, redis_url, database_url, on_ready=ready)
-        config = uvicorn_config(app, settings.host, settings.port, args.log_level)
         try:
+            if args.workers > 1:
+                return _supervise_workers(args, settings, redis_url, database_url, ready)
+            app = create_app(settings, redis_url, database_url, on_ready=ready)
+            config = uvicorn_config(app, settings.host, settings.port, args.log_level)
             GiftdServer(config).run()
         finally:
             with contextlib.suppress(OSError):
                 _run_file(settings).unlink()
+    return 0
+
+
+WORKER_RESTARTS_MAX = 10  # a worker that keeps dying is not restarted forever
+WORKER_STOP_TIMEOUT_S = 20
+
+
+def _supervise_workers(args: argparse.Namespace, settings: Settings, redis_url: str,
+                       database_url: str, ready: Any) -> int:
+    """N gateway processes on one port (SO_REUSEPORT: the kernel spreads connections),
+    sharing Redis and Postgres; rooms span them through the Redis room bus. Each
+    worker runs the whole app (flusher, ticks); the shared parts are atomic."""
+    import time
+    import urllib.request
+
+    from server.app import load_secret
+
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
+           "GIFTD_SECRET": load_secret(settings), "GIFTD_VAR_DIR": str(settings.var_dir)}
+    cmd = [sys.executable, "-m", "server.cli", "worker", "--host", settings.host,
+           "--port", str(settings.port), "--log-level", args.log_level]
+    if settings.demo:
+        cmd.append("--demo")
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, env={**env, "GIFTD_NODE_ID": f"{settings.node_id}-w{i}"})
+
+    workers = [spawn(i) for i in range(args.workers)]
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        url = f"http://127.0.0.1:{settings.port}/health"
+        for _ in range(600):
+            if stopping or any(w.poll() is not None for w in workers):
+                break
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        ready()
+                        print(f"  ({args.workers} worker processes)", flush=True)
+                        break
+            except OSError:
+                time.sleep(0.1)
+        restarts = 0
+        while not stopping:
+            for i, w in enumerate(workers):
+                if w.poll() is not None and not stopping:
+                    restarts += 1
+                    if restarts > WORKER_RESTARTS_MAX:
+                        log.error("workers keep dying; giving up")
+                        stopping = True
+                        break
+                    log.warning("worker %d exited with %s; restarting it", i, w.returncode)
+                    workers[i] = spawn(i)
+            time.sleep(0.2)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        for w in workers:
+            try:
+                w.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One gateway process of `giftd serve --workers N` (started by it, not by hand)."""
+    from server.app import create_app
+    from server.runner import GiftdServer, uvicorn_config
+
+    settings = replace(Settings.from_env(demo=args.demo), host=args.host, port=args.port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # siblings share the port
+    sock.bind((args.host, args.port))
+    app = create_app(settings, settings.redis_url, settings.database_url)
+    GiftdServer(uvicorn_config(app, args.host, args.port, args.log_level)).run(sockets=[sock])
     return 0
 
 
@@ -231,7 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="")
     p.add_argument("--port", type=int, default=None, help="0 picks a free port")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway processes sharing the port (default 1)")
     p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("--demo", action="store_true")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("migrate", help="apply SQL migrations")
     p.set_defaults(fn=cmd_migrate)
     p = sub.add_parser("flush", help="run the write-behind flusher standalone")

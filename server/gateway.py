@@ -221,6 +221,7 @@ class Session:
         if replay is not None:
             snap["replay"] = replay
         snap["pk"] = pk
+        snap["node"] = ctx.settings.node_id
         self.conn.send({
             "type": kind,
             "room": room_info.id,

@@ -212,7 +212,8 @@ async def test_http_api(server: RunningServer, redis: Redis, pool: asyncpg.Pool)
         assert (await http.get("/api/rooms/nosuch/leaderboard")).status_code == 404
         assert (await http.get(f"/api/rooms/{room}/leaderboard?limit=0")).status_code == 400
         health = (await http.get("/health")).json()
-        assert health == {"ok": True, "redis": True, "postgres": True}
+        assert health == {"ok": True, "redis": True, "postgres": True,
+                          "node": server.settings.node_id}
         assert "giftd_connections" in (await http.get("/metrics")).text
 
         # transactions: pending until flushed, then flushed
