@@ -26,6 +26,7 @@ import orjson
 
 from rooms.conn import Conn
 from rooms.frames import tick_payload_json, tick_payload_msgpack, ws_frame
+from rooms.merge import merge_cheap
 from rooms.ranking import Entry, TopN, rank_diff
 from server.codec import WireFormat
 from server.settings import Settings
@@ -63,6 +64,7 @@ class Hub:
         self.ticks = 0
         self.tick_lag_ms = 0.0
         self.gaps_unrepaired = 0
+        self.merged_frames = 0
 
     # --- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -205,6 +207,10 @@ class Hub:
             room.broadcast_seq = int(chunk[-1][1]["seq"])
         diff = rank_diff(before, room.top.entries())
         room.viewers_sent = viewers
+        logical = len(chunk)  # gift deliveries per viewer, merged or not
+        if len(chunk) > self.settings.merge_above_events > 0:
+            chunk = merge_cheap(chunk)
+            self.merged_frames += 1
         seq = room.broadcast_seq
         frames: dict[WireFormat, bytes] = {}
         dead: list[int] = []
@@ -220,7 +226,7 @@ class Hub:
                 frame = frames[conn.fmt] = ws_frame(payload, conn.fmt)
             if conn.write_frame(frame):
                 self.frames_written += 1
-                self.events_delivered += len(chunk)
+                self.events_delivered += logical
             else:
                 dead.append(conn.id)
                 if conn.slow:

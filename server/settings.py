@@ -72,6 +72,7 @@ class Settings:
     pk_multiplier: int = 1  # ... this many times (1 = no multiplier)
     pk_tick_ms: int = 250  # how often each process moves battles along (scoring is exact anyway)
     board_push_ms: int = 1000  # board subscribers get coalesced diffs at most this often
+    merge_above_events: int = 100  # a frame with more events merges cheap gifts (0: never)
     tick_events_max: int = 500  # events in one frame; a tick with more sends several frames
     # --- the send path ----------------------------------------------------
     custom_tip_min_coins: int = 10  # a custom-amount tip (gift `tip_custom`) is at least this
@@ -178,6 +179,7 @@ class Settings:
             pk_multiplier=_env_int("GIFTD_PK_MULTIPLIER", d.pk_multiplier),
             pk_tick_ms=_env_int("GIFTD_PK_TICK_MS", d.pk_tick_ms),
             board_push_ms=_env_int("GIFTD_BOARD_PUSH_MS", d.board_push_ms),
+            merge_above_events=_env_int("GIFTD_MERGE_ABOVE_EVENTS", d.merge_above_events),
             flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
@@ -219,6 +221,7 @@ class Settings:
             ("pk_multiplier", 1, 100),
             ("pk_tick_ms", 10, 10_000),
             ("board_push_ms", 50, 60_000),
+            ("merge_above_events", 0, 100_000),
             ("custom_tip_min_coins", 1, 2**53),
             ("custom_tip_max_coins", self.custom_tip_min_coins, 2**53),
             ("send_rate_per_s", 1, 1_000_000),

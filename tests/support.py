@@ -31,7 +31,9 @@ _names = itertools.count()
 
 def settings_for_tests(**overrides: Any) -> Settings:
     # Send rate limits are tested on their own; elsewhere tests send in bursts.
+    # Merging cheap gifts is off unless a test turns it on (test_surge, test_merge).
     base = Settings(secret=SECRET, flusher_enabled=False, flush_claim_idle_ms=500,
+                    merge_above_events=0,
                     send_rate_per_s=100_000, send_burst=100_000,
                     user_send_rate_per_s=100_000, user_send_burst=100_000)
     return replace(base, **overrides)
@@ -154,6 +156,20 @@ class Client:
     @property
     def gifts(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "gift"]
+
+    def seqs_seen(self) -> list[int]:
+        """Every seq delivered, merged events expanded into their members' seqs."""
+        out: list[int] = []
+        for e in self.events:
+            out.extend(e.get("seqs") or [e["seq"]])
+        return out
+
+    def gift_ids_seen(self) -> list[str]:
+        """Every gift event id delivered, merged events expanded."""
+        out: list[str] = []
+        for e in self.gifts:
+            out.extend(e.get("event_ids") or [e["event_id"]])
+        return out
 
     async def send(self, msg: dict[str, Any]) -> None:
         await self.ws.send(msgpack.packb(msg) if self.msgpack else orjson.dumps(msg).decode())

@@ -145,3 +145,40 @@ def test_resume_plans() -> None:
     assert plan_resume(10, 13, []) is ResumePlan.RETRY
     assert plan_resume(10, 13, [12, 13]) is ResumePlan.RESYNC  # 11 was trimmed
     assert plan_resume(20, 13, []) is ResumePlan.RESYNC  # from another life of the room
+
+
+def test_merge_cheap_keeps_costly_gifts_and_every_id() -> None:
+    from rooms.merge import merge_cheap
+
+    def ev(seq: int, sender: int, gift: str, value: int, combo: str = "c") -> tuple[bytes, dict]:
+        d = {"type": "gift", "seq": seq, "event_id": f"e{seq}", "sender": {"id": sender},
+             "gift": gift, "count": 1, "value_coins": value, "tier": tier_for(value),
+             "combo_id": combo, "client_id": f"x{seq}"}
+        return orjson.dumps(d), d
+
+    events = [ev(1, 1, "rose", 1), ev(2, 2, "rose", 1), ev(3, 1, "rose", 1),
+              ev(4, 1, "rocket", 10_001), ev(5, 1, "rose", 1), ev(6, 2, "heart", 10),
+              ev(7, 1, "rose", 1, combo="d"), (b"{}", {"type": "combo_end", "seq": 8})]
+    out = [d for _, d in merge_cheap(events)]
+    assert [d["seq"] for d in out] == [2, 4, 5, 6, 7, 8]  # rising seqs, members folded
+    roses = out[2]
+    assert (roses["count"], roses["value_coins"], roses["merged"]) == (3, 3, 3)
+    assert roses["seqs"] == [1, 3, 5] and roses["event_ids"] == ["e1", "e3", "e5"]
+    assert out[1]["gift"] == "rocket" and "merged" not in out[1]  # never merged away
+    assert "merged" not in out[4]  # another streak stays apart
+    ids = [i for d in out if d["type"] == "gift" for i in d.get("event_ids", [d["event_id"]])]
+    assert sorted(ids) == [f"e{i}" for i in range(1, 8)]
+    merged_raw = next(raw for raw, d in merge_cheap(events) if d.get("merged"))
+    assert orjson.loads(merged_raw)["seqs"] == [1, 3, 5]
+
+
+def test_json_log_lines() -> None:
+    import logging
+
+    from server.logs import JsonFormatter
+
+    rec = logging.makeLogRecord({"name": "giftd.x", "levelname": "WARNING", "msg": "a %s",
+                                 "args": ("b",), "room": "r1"})
+    line = orjson.loads(JsonFormatter("n1").format(rec))
+    assert (line["level"], line["logger"], line["msg"], line["node"], line["room"]) == (
+        "warning", "giftd.x", "a b", "n1", "r1")
