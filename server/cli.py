@@ -343,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_money_commands(sub)  # reconcile, audit verify
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from server.logs import configure
+
+    configure(os.environ.get("GIFTD_NODE_ID") or f"{os.uname().nodename}-{os.getpid()}")
     quiet_refused_handshakes()
     return int(args.fn(args))
 
