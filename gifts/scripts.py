@@ -50,6 +50,7 @@ class Scripts:
         self.credit = Script("credit")
         self.end_combos = Script("end_combos")
         self.pk = Script("pk")
+        self.start_session = Script("start_session")
 
     async def load(self, redis: Redis) -> None:
         for s in vars(self).values():

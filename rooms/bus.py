@@ -114,18 +114,20 @@ class RoomBus:
             await self.pubsub.unsubscribe(channel)
             await self.redis.hdel(keys.room_viewers(room.id), self.node_id)
 
-    async def _snapshot(self, room_id: str) -> tuple[int, list[Entry], int, int]:
+    async def _snapshot(self, room_id: str) -> tuple[int, list[Entry], int, int, int]:
         top_n = self.hub.settings.ranking_top_n
         pipe = self.redis.pipeline(transaction=True)  # MULTI: one consistent cut
         pipe.get(keys.room_seq(room_id))
         pipe.zrevrange(keys.room_rank(room_id), 0, top_n - 1, withscores=True)
         pipe.get(keys.room_earnings(room_id))
         pipe.hgetall(keys.room_viewers(room_id))
-        seq, rank, earn, viewers = await pipe.execute()
+        pipe.get(keys.room_epoch(room_id))
+        seq, rank, earn, viewers, epoch = await pipe.execute()
         ids = [int(m) for m, _ in rank]
         names = await self.names.get_many(ids)
         entries = [Entry(int(m), names.get(int(m), ""), int(s)) for m, s in rank]
-        return int(seq or 0), entries, int(earn or 0), _sum_viewers(viewers, self.node_id)
+        return (int(seq or 0), entries, int(earn or 0), _sum_viewers(viewers, self.node_id),
+                int(epoch or 0))
 
     async def _listen(self) -> None:
         while True:

@@ -47,6 +47,7 @@ class LocalRoom:
     received_seq: int = 0  # highest seq accepted into `pending`
     viewers_sent: int = -1
     urgent: bool = False
+    epoch: int = 0  # broadcast session
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     early: list[bytes] = field(default_factory=list)  # events that arrived before the snapshot
 
@@ -83,7 +84,8 @@ class Hub:
         return room
 
     def init_from_snapshot(self, room: LocalRoom, seq: int, ranking: list[Entry],
-                           room_total: int, viewers_total: int) -> None:
+                           room_total: int, viewers_total: int, epoch: int = 0) -> None:
+        room.epoch = epoch
         room.broadcast_seq = room.received_seq = seq
         room.top = TopN(self.settings.ranking_top_n, ranking)
         room.room_total = room_total
@@ -111,6 +113,7 @@ class Hub:
             "seq": room.broadcast_seq,
             "ranking": room.top.as_json(),
             "room_total": room.room_total,
+            "epoch": room.epoch,
             "viewers": max(room.viewers_total, len(room.members)),
         }
 
@@ -196,6 +199,11 @@ class Hub:
         before = room.top.entries()
         earnings_delta = 0
         for _, ev in chunk:
+            if ev.get("type") == "session_start":  # a new broadcast: boards start empty
+                room.top = TopN(self.settings.ranking_top_n)
+                room.room_total = 0
+                room.epoch = int(ev.get("epoch", room.epoch))
+                continue
             if ev.get("type") != "gift":
                 continue  # streak ends and other room events move no totals
             sender = ev.get("sender") or {}

@@ -171,21 +171,64 @@ async def rooms(request: Request) -> Response:
         for r in await ctx.rooms.all()]})
 
 
+async def _ranked(request: Request, key: str, default_limit: int) -> dict[str, Any]:
+    """One page of a sorted-set board (?offset=&limit=), names filled in, and the
+    caller's own rank and score when the request carries a token."""
+    ctx = ctx_of(request)
+    try:
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        raise ApiError(400, "bad_field", "offset must be an integer") from None
+    if not 0 <= offset <= BOARD_OFFSET_MAX:
+        raise ApiError(400, "bad_field", f"offset must be 0..{BOARD_OFFSET_MAX}")
+    limit = _limit(request, default_limit)
+    rank: list[tuple[bytes, float]] = cast(Any, await ctx.redis.zrevrange(
+        key, offset, offset + limit - 1, withscores=True))
+    ids = [int(m) for m, _ in rank]
+    names = await ctx.names.get_many(ids)
+    out: dict[str, Any] = {
+        "offset": offset,
+        "total": await ctx.redis.zcard(key),
+        "items": [{"rank": offset + i + 1, "id": uid, "name": names.get(uid, ""),
+                   "score": int(score)} for i, (uid, (_, score)) in
+                  enumerate(zip(ids, rank, strict=True))],
+    }
+    if request.headers.get("authorization"):
+        me = principal_of(request)
+        my_rank: int | None = cast(Any, await ctx.redis.zrevrank(key, me.user_id))
+        my_score = await ctx.redis.zscore(key, me.user_id)
+        out["me"] = {"rank": None if my_rank is None else int(my_rank) + 1,
+                     "score": int(my_score or 0)}
+    return out
+
+
+BOARD_OFFSET_MAX = 10_000  # deeper pages of a board are not served
+
+
 async def leaderboard(request: Request) -> Response:
-    """The room's live ranking this broadcast."""
+    """The room's live ranking this broadcast session, paginated, with my rank."""
     ctx = ctx_of(request)
     room_id = request.path_params["room"]
     room = await ctx.rooms.get(room_id)
     if room is None:
         raise ApiError(404, "unknown_room", "no such room")
-    limit = _limit(request, ctx.settings.ranking_top_n)
-    rank: list[tuple[bytes, float]] = cast(Any, await ctx.redis.zrevrange(
-        keys.room_rank(room_id), 0, limit - 1, withscores=True))
-    ids = [int(m) for m, _ in rank]
-    names = await ctx.names.get_many(ids)
-    return JSONResponse({"room": room_id, "items": [
-        {"rank": i + 1, "id": uid, "name": names.get(uid, ""), "score": int(score)}
-        for i, (uid, (_, score)) in enumerate(zip(ids, rank, strict=True))]})
+    page = await _ranked(request, keys.room_rank(room_id), ctx.settings.ranking_top_n)
+    return JSONResponse({"room": room_id, **page})
+
+
+async def start_session(request: Request) -> Response:
+    """The room's streamer starts a new broadcast: live ranking and earnings restart."""
+    ctx = ctx_of(request)
+    me = principal_of(request)
+    room_id = request.path_params["room"]
+    room = await ctx.rooms.get(room_id)
+    if room is None:
+        raise ApiError(404, "unknown_room", "no such room")
+    if room.streamer_id != me.user_id:
+        raise ApiError(403, "forbidden", "only the room's streamer starts its broadcast")
+    epoch = await ctx.scripts.start_session(ctx.redis, [keys.PREFIX, room_id,
+                                                        ctx.settings.room_history_max])
+    return JSONResponse({"room": room_id, "epoch": int(epoch)})
 
 
 async def demo(request: Request) -> Response:
@@ -262,33 +305,10 @@ async def board(request: Request) -> Response:
                  else datetime.now(ZoneInfo(ctx.settings.timezone)).date())
     except ValueError:
         raise ApiError(400, "bad_field", "date must be YYYY-MM-DD") from None
-    try:
-        offset = int(request.query_params.get("offset", "0"))
-    except ValueError:
-        raise ApiError(400, "bad_field", "offset must be an integer") from None
-    if not 0 <= offset <= 10_000:
-        raise ApiError(400, "bad_field", "offset must be 0..10000")
-    limit = _limit(request)
     period = period_of(span, local)
     key = keys.board_streamers(period) if kind == "streamer" else keys.board_gifters(period)
-    rank: list[tuple[bytes, float]] = cast(Any, await ctx.redis.zrevrange(
-        key, offset, offset + limit - 1, withscores=True))
-    ids = [int(m) for m, _ in rank]
-    names = await ctx.names.get_many(ids)
-    out: dict[str, Any] = {
-        "board": kind, "period": period, "offset": offset,
-        "total": await ctx.redis.zcard(key),
-        "items": [{"rank": offset + i + 1, "id": uid, "name": names.get(uid, ""),
-                   "score": int(score)} for i, (uid, (_, score)) in
-                  enumerate(zip(ids, rank, strict=True))],
-    }
-    if request.headers.get("authorization"):
-        me = principal_of(request)
-        my_rank: int | None = cast(Any, await ctx.redis.zrevrank(key, me.user_id))
-        my_score = await ctx.redis.zscore(key, me.user_id)
-        out["me"] = {"rank": None if my_rank is None else int(my_rank) + 1,
-                     "score": int(my_score or 0)}
-    return JSONResponse(out)
+    page = await _ranked(request, key, 20)
+    return JSONResponse({"board": kind, "period": period, **page})
 
 
 _PK_STATUS = {"ok": 200, "busy": 409, "not_found": 404, "not_yours": 403, "bad_state": 409}

@@ -81,6 +81,11 @@ def room_earnings(room: str) -> str:
     return f"{PREFIX}room:{room}:earn"
 
 
+def room_epoch(room: str) -> str:
+    """String: the room's broadcast session number; a new session clears rank and earnings."""
+    return f"{PREFIX}room:{room}:epoch"
+
+
 def room_channel(room: str) -> str:
     """Pub/sub channel: every room event, as the same JSON stored in the history."""
     return f"{PREFIX}room:{room}:ch"
