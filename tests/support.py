@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -83,6 +84,18 @@ class RunningServer:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await asyncio.wait_for(self._task, 15)
+
+
+@contextlib.asynccontextmanager
+async def serving(redis_url: str, database_url: str, **overrides: Any
+                  ) -> AsyncIterator[RunningServer]:
+    """A RunningServer with settings overrides, stopped on exit."""
+    srv = RunningServer(redis_url, database_url, **overrides)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
 
 
 async def make_user(pool: asyncpg.Pool, redis: Redis, *, coins: int = 0,

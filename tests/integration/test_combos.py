@@ -9,17 +9,15 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import Client, RunningServer, make_room, make_user
+from tests.support import Client, RunningServer, make_room, make_user, serving
 
 WINDOW_MS = 600
 
 
 @pytest.fixture
 async def combo_server(redis_url: str, database_url: str) -> AsyncIterator[RunningServer]:
-    srv = RunningServer(redis_url, database_url, combo_window_ms=WINDOW_MS)
-    await srv.start()
-    yield srv
-    await srv.stop()
+    async with serving(redis_url, database_url, combo_window_ms=WINDOW_MS) as srv:
+        yield srv
 
 
 async def test_hundred_rapid_sends_make_one_combo(

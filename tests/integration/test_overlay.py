@@ -13,15 +13,13 @@ import websockets
 from redis.asyncio import Redis
 
 from rooms.ranking import apply_diff
-from tests.support import Client, RunningServer, make_room, make_user, token_for
+from tests.support import Client, RunningServer, make_room, make_user, serving, token_for
 
 
 @pytest.fixture
 async def fast_boards(redis_url: str, database_url: str) -> AsyncIterator[RunningServer]:
-    srv = RunningServer(redis_url, database_url, board_push_ms=300)
-    await srv.start()
-    yield srv
-    await srv.stop()
+    async with serving(redis_url, database_url, board_push_ms=300) as srv:
+        yield srv
 
 
 async def overlay_client(server: RunningServer, token: str) -> Client:

@@ -10,15 +10,13 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import Client, RunningServer, make_room, make_user
+from tests.support import Client, RunningServer, make_room, make_user, serving
 
 
 @pytest.fixture
 async def slow_tick_server(redis_url: str, database_url: str) -> AsyncIterator[RunningServer]:
-    srv = RunningServer(redis_url, database_url, tick_ms=1000)
-    await srv.start()
-    yield srv
-    await srv.stop()
+    async with serving(redis_url, database_url, tick_ms=1000) as srv:
+        yield srv
 
 
 async def test_many_gifts_one_frame_and_urgent_flush(
