@@ -8,12 +8,10 @@ never came; expired orders close.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from server import keys
 from server.auth import Role
@@ -26,20 +24,6 @@ from tests.integration.money_support import (
     wait_until,
 )
 from tests.support import RunningServer, check_invariants, make_user
-
-
-@pytest.fixture
-async def srv(redis_url: str, database_url: str) -> AsyncIterator[RunningServer]:
-    s = money_server(redis_url, database_url)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def http(srv: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=srv.base, timeout=10) as c:
-        yield c
 
 
 async def _notify(http: httpx.AsyncClient, body: bytes, headers: dict[str, str],

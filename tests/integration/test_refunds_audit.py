@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,24 +17,9 @@ from tests.integration.money_support import (
     auth,
     balance,
     create_order,
-    money_server,
     wait_until,
 )
 from tests.support import Client, RunningServer, check_invariants, make_room, make_user
-
-
-@pytest.fixture
-async def srv(redis_url: str, database_url: str) -> AsyncIterator[RunningServer]:
-    s = money_server(redis_url, database_url)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def http(srv: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=srv.base, timeout=10) as c:
-        yield c
 
 
 async def paid_order(http: httpx.AsyncClient, u: Principal, key: str, yuan: int) -> str:
