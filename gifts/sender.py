@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+import msgpack
 import orjson
 from redis.asyncio import Redis
 
@@ -65,20 +66,21 @@ class SendRequest:
     def sender_json(self) -> bytes:
         return orjson.dumps({"id": self.user_id, "name": self.user_name})
 
-    def argv(self) -> list[bytes | str | int]:
-        return [
-            self.user_id,
+    def packed(self) -> bytes:
+        """This gift as the script's one argument: a msgpack array of strings."""
+        return msgpack.packb([
+            str(self.user_id),
             self.client_id,
             fingerprint(self.room, self.gift.code, self.count, self.gift.price_coins),
             self.room,
-            self.streamer_id,
+            str(self.streamer_id),
             self.gift.code,
-            self.count,
-            self.gift.price_coins,
-            self.amount,
-            self.sender_json(),
-            self.json_tail(),
-        ]
+            str(self.count),
+            str(self.gift.price_coins),
+            str(self.amount),
+            self.sender_json().decode(),
+            self.json_tail().decode(),
+        ])
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +165,7 @@ class GiftSender:
             keys.PREFIX, s.idempotency_ttl_s, s.ledger_backlog_max, s.room_history_max,
             day, week, month, BOARD_TTL_S, s.combo_window_ms, *TIER_FLOORS_COINS[1:], len(reqs),
         ]
-        for r in reqs:
-            args.extend(r.argv())
+        args.extend(r.packed() for r in reqs)
         raw = await self._script(self._redis, args)
         self.batches += 1
         self.sent += len(reqs)

@@ -655,38 +655,16 @@ class GiftSpec:
         return SendRequest(p.user_id, p.name, cid, self.room, self.streamer_id, self.gift, 1)
 
 
-async def script_template(spec: GiftSpec, users: list[Principal]
-                          ) -> tuple[list[Any], list[tuple[int, Any, Any]]]:
-    """The EVALSHA arguments GiftSender builds for one batch, and where the client ids sit.
-
-    Built by giftd's own code (so it follows the script's argument layout as it
-    changes); returns (args, slots) with slots = (index, prefix, suffix): the
-    argument at index is prefix + client id + suffix.
-    """
+async def script_header(spec: GiftSpec, users: list[Principal]) -> list[Any]:
+    """The EVALSHA arguments before the gifts, exactly as GiftSender builds them (so the
+    bench follows the script's argument layout as it changes). Each gift then is one
+    argument: GiftSender's own `SendRequest.packed()`."""
     sender = GiftSender(Redis(), _CaptureScript(), spec.settings)
-    marks = [f"{CID_MARK}{j:06d}X" for j in range(len(users))]
     try:
-        await sender.send_many([spec.request(p, m) for p, m in zip(users, marks, strict=True)])
+        await sender.send_many([spec.request(p, f"{CID_MARK}{j}") for j, p in enumerate(users)])
     except _Captured as cap:
-        args = cap.captured
-    else:
-        raise RuntimeError("GiftSender.send_many did not call its script")
-    slots: list[tuple[int, Any, Any]] = []
-    for i, a in enumerate(args):
-        for m in marks:
-            if isinstance(a, str) and m in a:
-                pre, post = a.split(m)
-                slots.append((i, pre, post))
-                break
-            if isinstance(a, bytes) and m.encode() in a:
-                pre_b, post_b = a.split(m.encode())
-                slots.append((i, pre_b, post_b))
-                break
-    per_gift = len(slots) // len(users)
-    if per_gift < 1 or len(slots) % len(users):
-        raise RuntimeError(f"could not find the client ids in the script arguments ({len(slots)}"
-                           f" slots for {len(users)} gifts)")
-    return args, slots
+        return cap.captured[: len(cap.captured) - len(users)]
+    raise RuntimeError("GiftSender.send_many did not call its script")
 
 
 async def ledger_added(r: Redis) -> int:
@@ -713,18 +691,16 @@ async def raw_script_phase(redis_url: str, spec: GiftSpec, people: list[Principa
 
     async def caller(k: int) -> None:
         users = [people[(k + j) % len(people)] for j in range(batch)]
-        args, slots = await script_template(spec, users)
-        per_gift = len(slots) // batch
+        head = await script_header(spec, users)
         n = 0
         prefix = f"{run_tag}-raw{batch}x{callers}-{k}-"  # unique per phase: no `duplicate`s
         clock = time.perf_counter
         while clock() < lo_hi[1]:
+            gifts = []
             for j in range(batch):
                 n += 1
-                cid = f"{prefix}{n}"
-                cid_b = cid.encode()
-                for i, pre, post in slots[j * per_gift:(j + 1) * per_gift]:
-                    args[i] = pre + (cid_b if isinstance(pre, bytes) else cid) + post
+                gifts.append(spec.request(users[j], f"{prefix}{n}").packed())
+            args = [*head, *gifts]
             t0 = clock()
             res = await r.execute_command("EVALSHA", script.sha, 0, *args)
             t1 = clock()
@@ -828,19 +804,24 @@ async def redis_benchmark_phase(redis_url: str, spec: GiftSpec, viewer: Principa
     exe = shutil.which("redis-benchmark")
     assert exe is not None
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
-    args, slots = await script_template(spec, [viewer])
-    argv = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
-    for i, pre, post in slots:
-        pre_s = pre.decode() if isinstance(pre, bytes) else pre
-        post_s = post.decode() if isinstance(post, bytes) else post
-        argv[i] = pre_s + "rb-__rand_int__" + post_s
+    # The client id is exactly "rb-__rand_int__": redis-benchmark swaps each
+    # __rand_int__ for 12 digits, the same length, so the packed gift stays
+    # valid msgpack and every request is a fresh gift.
+    head = await script_header(spec, [viewer])
+    argv: list[bytes] = [a if isinstance(a, bytes) else str(a).encode() for a in head]
+    argv.append(spec.request(viewer, "rb-__rand_int__").packed())
+    if any(b"\x00" in a for a in argv):
+        raise RuntimeError("a packed argument holds a NUL byte; redis-benchmark cannot take it")
     r = Redis.from_url(redis_url)
     script = Script("send_gifts")
     await script.load(r)
-    cmd = [exe, "-h", host, "-p", port, "-c", str(clients), "-n", str(requests),
-           "-P", str(pipeline), "-r", "2147483647", "--csv", "EVALSHA", script.sha, "0", *argv]
+    cmd: list[Any] = [exe, "-h", host, "-p", port, "-c", str(clients), "-n", str(requests),
+                      "-P", str(pipeline), "-r", "2147483647", "--csv", "EVALSHA", script.sha,
+                      "0", *argv]
     phase.extra["command"] = " ".join(
-        a if re.fullmatch(r"[\w.:{}/-]+", a) else "'" + a.replace("'", "'\\''") + "'"
+        a if isinstance(a, str) and re.fullmatch(r"[\w.:{}/-]+", a)
+        else "<packed gift>" if isinstance(a, bytes) and not a.isascii()
+        else "'" + (a.decode() if isinstance(a, bytes) else a).replace("'", "'\\''") + "'"
         for a in cmd)
     try:
         d0 = await ledger_added(r)

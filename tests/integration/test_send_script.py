@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
@@ -118,16 +119,20 @@ async def test_bad_arguments_change_nothing(redis: Redis) -> None:
 
     scripts = Scripts()
     await redis.set(keys.balance(1), 100)
-    good = SendRequest(1, "Ann", "ok1", "r1", 9, ROSE, 1).argv()
-    bad = list(good)
-    bad[8] = 5  # amount != count * unit
+    good = SendRequest(1, "Ann", "ok1", "r1", 9, ROSE, 1).packed()
+    fields = msgpack.unpackb(good)
+    fields[8] = "5"  # amount != count * unit
+    bad = msgpack.packb(fields)
     header = [keys.PREFIX, 60, 100, 100, "d1", "w1", "m1", 60, 3000, 100, 1000, 10000, 2]
     with pytest.raises(ResponseError, match="BAD_ARGS"):
-        await scripts.send_gifts(redis, header + good + bad)
+        await scripts.send_gifts(redis, [*header, good, bad])
     assert int(await redis.get(keys.balance(1))) == 100
     assert await redis.xlen(keys.LEDGER_STREAM) == 0
     with pytest.raises(ResponseError, match="BAD_ARGS"):
-        await scripts.send_gifts(redis, [*header[:-1], 3, *good, *good])  # wrong length
+        await scripts.send_gifts(redis, [*header[:-1], 3, good, good])  # wrong length
+    for junk in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb(["1"] * 10 + [5])):
+        with pytest.raises(ResponseError, match="BAD_ARGS"):  # not a packed gift
+            await scripts.send_gifts(redis, [*header[:-1], 2, good, junk])
     assert int(await redis.get(keys.balance(1))) == 100
 
 
