@@ -215,7 +215,8 @@ class Hub:
             room.broadcast_seq = int(chunk[-1][1]["seq"])
         diff = rank_diff(before, room.top.entries())
         room.viewers_sent = viewers
-        logical = len(chunk)  # gift deliveries per viewer, merged or not
+        logical = len(chunk)  # event deliveries per viewer, merged or not
+        gifts_in_chunk = sum(1 for _, ev in chunk if ev.get("type") == "gift")
         if len(chunk) > self.settings.merge_above_events > 0:
             chunk = merge_cheap(chunk)
             self.merged_frames += 1
@@ -241,7 +242,7 @@ class Hub:
                     self.slow_closes += 1
         if chunk and earnings_delta:
             feed = {"type": "earnings", "room": room.id, "room_total": room.room_total,
-                    "delta_coins": earnings_delta, "gifts": len(chunk), "seq": seq}
+                    "delta_coins": earnings_delta, "gifts": gifts_in_chunk, "seq": seq}
             for conn in room.members.values():
                 if conn.principal.user_id == room.streamer_id and not conn.closed:
                     conn.send(feed)

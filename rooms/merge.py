@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from gifts.catalog import tier_for
+
 MERGE_TIER_MAX = 1  # tier 1 (under 100 coins a send) merges; tier 2 and up never
 
 Event = tuple[bytes, dict[str, Any]]
@@ -34,6 +36,10 @@ def merge_cheap(events: list[Event]) -> list[Event]:
         merged = dict(evs[-1])
         merged["count"] = sum(int(e["count"]) for e in evs)
         merged["value_coins"] = sum(int(e["value_coins"]) for e in evs)
+        merged["tier"] = tier_for(merged["value_coins"])  # the group plays as one animation
+        if isinstance(merged.get("pk"), dict):  # scores are absolute; points add up
+            merged["pk"] = {**merged["pk"], "points": sum(
+                int((e.get("pk") or {}).get("points", 0)) for e in evs)}
         merged["merged"] = len(evs)
         merged["seqs"] = [e["seq"] for e in evs]
         merged["event_ids"] = [e["event_id"] for e in evs]

@@ -334,8 +334,9 @@ async def pk_invite(request: Request) -> Response:
     if other.id == mine:
         raise ApiError(400, "bad_field", "a room cannot battle itself")
     outcome, pk_id = await ctx.battles.invite(mine, me.user_id, other.id, other.streamer_id)
-    body: dict[str, Any] = {"outcome": outcome.value, "pk_id": pk_id}
-    if outcome.value == "ok":
+    body: dict[str, Any] = {"outcome": outcome.value}
+    if outcome.value == "ok":  # a refused invitation made no battle: no id to show
+        body["pk_id"] = pk_id
         body["pk"] = await ctx.battles.state(pk_id)
     return JSONResponse(body, _PK_STATUS[outcome.value])
 
@@ -344,7 +345,10 @@ async def pk_answer(request: Request) -> Response:
     ctx = ctx_of(request)
     me = principal_of(request)
     pk_id = request.path_params["pk_id"]
-    accept = request.path_params["answer"] == "accept"
+    answer = request.path_params["answer"]
+    if answer not in ("accept", "decline"):
+        raise ApiError(404, "not_found", "answer a battle with /accept or /decline")
+    accept = answer == "accept"
     outcome = await ctx.battles.answer(pk_id, me.user_id, accept)
     return JSONResponse({"outcome": outcome.value, "pk": await ctx.battles.state(pk_id)},
                         _PK_STATUS[outcome.value])

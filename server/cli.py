@@ -172,7 +172,7 @@ def _supervise_workers(args: argparse.Namespace, settings: Settings, redis_url: 
         return subprocess.Popen(cmd, env={**env, "GIFTD_NODE_ID": f"{settings.node_id}-w{i}"})
 
     workers = [spawn(i) for i in range(args.workers)]
-    stopping = False
+    stopping = gave_up = False
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
@@ -180,7 +180,8 @@ def _supervise_workers(args: argparse.Namespace, settings: Settings, redis_url: 
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        url = f"http://127.0.0.1:{settings.port}/health"
+        probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        url = f"http://{probe_host}:{settings.port}/health"
         for _ in range(600):
             if stopping or any(w.poll() is not None for w in workers):
                 break
@@ -199,7 +200,7 @@ def _supervise_workers(args: argparse.Namespace, settings: Settings, redis_url: 
                     restarts += 1
                     if restarts > WORKER_RESTARTS_MAX:
                         log.error("workers keep dying; giving up")
-                        stopping = True
+                        stopping = gave_up = True
                         break
                     log.warning("worker %d exited with %s; restarting it", i, w.returncode)
                     workers[i] = spawn(i)
@@ -217,7 +218,7 @@ def _supervise_workers(args: argparse.Namespace, settings: Settings, redis_url: 
                 w.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return 1 if gave_up else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

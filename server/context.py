@@ -43,6 +43,7 @@ class Ctx:
     board_feed: BoardFeed
     user_buckets: UserBuckets = field(default_factory=lambda: UserBuckets(50, 100))
     flusher: Flusher | None = None
+    connections: dict[int, Conn] = field(default_factory=dict)  # every open /ws, by id
     # overlay connections by streamer id, so a revocation can close them
     overlays: dict[int, dict[int, Conn]] = field(default_factory=dict)
 
@@ -60,7 +61,6 @@ class Ctx:
         from rooms.conn import CLOSE_GOING_AWAY
 
         bye = {"type": "bye", "reason": "shutdown", "reconnect_after_ms": BYE_RECONNECT_AFTER_MS}
-        for room in list(self.hub.rooms.values()):
-            for viewer in list(room.members.values()):
-                viewer.send(bye)
-                viewer.close(CLOSE_GOING_AWAY, "server shutting down")
+        for conn in list(self.connections.values()):  # in a room or not (board widgets)
+            conn.send(bye)
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -86,16 +86,23 @@ async def ws_endpoint(ws: WebSocket) -> None:
         await ws.send_denial_response(
             JSONResponse({"code": exc.code, "message": str(exc)}, 401))
         return
+    except Exception as exc:  # Redis away during the overlay check
+        log.warning("handshake check failed: %r", exc)
+        await ws.send_denial_response(
+            JSONResponse({"code": "unavailable", "message": "try again shortly"}, 503))
+        return
     fmt, subprotocol = negotiate(list(ws.scope.get("subprotocols", [])))
     await ws.accept(subprotocol=subprotocol)
     conn = Conn(ws, principal, fmt, s.outbound_bytes_max)
     session = Session(ctx, conn)
     if principal.role is Role.OVERLAY:
         ctx.overlays.setdefault(principal.user_id, {})[conn.id] = conn
+    ctx.connections[conn.id] = conn
     ctx.metrics.connections.inc()
     try:
         await session.run()
     finally:
+        ctx.connections.pop(conn.id, None)
         ctx.board_feed.drop(conn)
         if principal.role is Role.OVERLAY:
             ctx.overlays.get(principal.user_id, {}).pop(conn.id, None)
@@ -241,7 +248,12 @@ class Session:
         if feed.count_of(self.conn) >= BOARD_SUBSCRIPTIONS_PER_CONN_MAX:
             raise ProtocolError("too_many_subscriptions",
                                 f"at most {BOARD_SUBSCRIPTIONS_PER_CONN_MAX} boards")
-        self.conn.send(await feed.subscribe(self.conn, msg.streamer, msg.span))
+        try:
+            snapshot = await feed.subscribe(self.conn, msg.streamer, msg.span)
+        except Exception as exc:
+            log.warning("subscribe failed: %r", exc)
+            raise ProtocolError("unavailable", "the board could not be read; retry") from None
+        self.conn.send(snapshot)
 
     async def leave(self) -> None:
         room = self.ctx.hub.remove(self.conn)

@@ -30,6 +30,7 @@ def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning",
         ws_max_size=WS_MESSAGE_BYTES_HARD_MAX, ws_per_message_deflate=False,
         ws_ping_interval=WS_PING_INTERVAL_S, ws_ping_timeout=WS_PING_TIMEOUT_S,
         lifespan="on", log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
+        log_config=None,  # uvicorn's loggers go through ours (JSON with GIFTD_LOG_FORMAT)
         **extra)
 
 

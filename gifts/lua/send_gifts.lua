@@ -143,7 +143,7 @@ for i = 0, n - 1 do
       '"event_id":"' .. eid .. '","sender_total":' .. sender_total .. ',"room_total":'
       .. room_total .. ',"combo_id":"' .. combo_id .. '","combo_count":' .. combo_n
       .. ',"combo_value":' .. combo_v .. ',"sender":' .. sender_json .. pk_json .. ',' .. tail)
-    -- one compact string, not a hash: ~100 bytes per remembered id
+    -- one compact string, not a hash: ~130 bytes per remembered id
     redis.call('SET', idem_key, fp .. '\t' .. new_balance .. '\t' .. eid .. '\t' .. seq,
                'EX', idem_ttl)
     if not recent[uid] then
