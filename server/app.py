@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -44,6 +44,7 @@ log = logging.getLogger("giftd.app")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 OUTBOX_EVERY_S = 1.0  # unapplied credits are retried this often
 REDIS_CONNECTIONS_MAX = 64  # per process
+REDIS_POOL_WAIT_S = 5  # a request waits this long for a free Redis connection, then fails
 
 
 def load_secret(settings: Settings) -> str:
@@ -131,8 +132,11 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
                on_ready: Callable[[], None] | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = Redis.from_url(redis_url, max_connections=REDIS_CONNECTIONS_MAX,
-                               health_check_interval=30)
+        # A blocking pool: a burst of joins waits for a free connection instead of
+        # failing with "too many connections" (a reconnect storm after a restart).
+        redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_CONNECTIONS_MAX, timeout=REDIS_POOL_WAIT_S,
+            health_check_interval=30))
         pool = await asyncpg.create_pool(database_url, min_size=2, max_size=10)
         async with pool.acquire() as conn:
             await migrate(conn)

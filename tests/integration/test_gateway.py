@@ -240,3 +240,16 @@ async def test_streamer_role_needs_no_coins_to_watch(
     c = await Client.connect(server, admin)
     assert (await c.join(room))["balance"] == 0
     await c.close()
+
+
+async def test_a_burst_of_joins_waits_for_redis_instead_of_failing(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    """More Redis work at once than the process has Redis connections: it queues."""
+    # the process's own client, 5x more concurrent calls than its pool holds
+    await asyncio.gather(*(server.ctx.redis.get(f"k{i}") for i in range(320)))
+    room, _ = await make_room(pool, redis)
+    viewer = await make_user(pool, redis)
+    clients = await asyncio.gather(*(Client.connect(server, viewer) for _ in range(160)))
+    joined = await asyncio.gather(*(c.join(room) for c in clients))
+    assert [j["type"] for j in joined] == ["joined"] * 160
+    await asyncio.gather(*(c.close() for c in clients))
