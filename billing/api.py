@@ -17,7 +17,7 @@ import html
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,9 +42,12 @@ NOTIFY_BYTES_MAX = 64 * 1024  # a notify body larger than this is refused unread
 SANDBOX_NOTIFY_EVERY_S = 1.0  # the sandbox notifier looks for due notifies this often
 DEBIT_RESUME_EVERY_S = 10.0  # pending refund/adjustment debits are resumed this often
 AUDIT_WITNESS_EVERY_S = 5.0  # the audit chain's head is copied to Redis this often
-# Roles allowed to move money by hand. Issue 5 adds finance/ops/support; extend here.
-MONEY_ROLES: tuple[Role, ...] = (Role.ADMIN,)
-READ_ROLES: tuple[Role, ...] = (Role.ADMIN,)
+PAYOUT_SWEEP_EVERY_S = 10.0  # approved withdrawals without a payout are re-sent this often
+# Who may do what (issue 5's roles). Every staff endpoint checks one of these.
+MONEY_ROLES: tuple[Role, ...] = (Role.ADMIN, Role.FINANCE)  # refunds, adjustments, payouts,
+#                                                            settlement, KYC review
+RULE_ROLES: tuple[Role, ...] = (Role.ADMIN, Role.OPS)  # revenue rules, gift catalog
+READ_ROLES: tuple[Role, ...] = (Role.ADMIN, Role.FINANCE, Role.OPS, Role.SUPPORT)
 
 
 def billing_of(request: Request) -> Billing:
@@ -101,7 +104,9 @@ def start(app: Starlette, ctx: Ctx) -> list[asyncio.Task[None]]:
                 credit_script=ctx.scripts.credit)
     b.channels = build_channels(ctx.settings, b, ctx.secret)
     app.state.billing = b
+    app.state.payouts = payouts = _build_payouts(ctx, b)
     jobs: list[tuple[str, Coroutine[Any, Any, None]]] = [
+        ("payout-sweep", _every(PAYOUT_SWEEP_EVERY_S, "payout sweep", payouts.sweep)),
         ("order-sweep", _every(ctx.settings.order_sweep_every_s, "order sweep",
                                b.sweep_pending)),
         ("debit-resume", _every(DEBIT_RESUME_EVERY_S, "debit resume",
@@ -112,6 +117,17 @@ def start(app: Starlette, ctx: Ctx) -> list[asyncio.Task[None]]:
     if b.sandbox is not None:
         jobs.append(("sandbox-notifier", b.sandbox.run(SANDBOX_NOTIFY_EVERY_S)))
     return [asyncio.create_task(coro, name=name) for name, coro in jobs]
+
+
+def _build_payouts(ctx: Ctx, b: Billing) -> Any:
+    """Money out (billing/payouts.py): payout channels are the ones that can pay out."""
+    from billing.channels.base import PayoutChannel
+    from billing.crypto import Sealer, data_key
+    from billing.payouts import Payouts
+
+    chans = {n: cast(PayoutChannel, c) for n, c in b.channels.items() if hasattr(c, "payout")}
+    return Payouts(pool=ctx.pool, settings=ctx.settings,
+                   sealer=Sealer(data_key(ctx.settings.data_key, ctx.secret)), channels=chans)
 
 
 def _idem_key(request: Request, data: dict[str, Any]) -> str:
@@ -343,7 +359,9 @@ async def audit_verify(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    return [
+    from billing import payout_api  # money out; imports this module
+
+    return [*payout_api.routes(),
         Route("/api/recharge/packs", packs),
         Route("/api/recharge/orders", create_order, methods=["POST"]),
         Route("/api/recharge/orders", my_orders, methods=["GET"]),

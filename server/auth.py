@@ -19,6 +19,11 @@ class Role(StrEnum):
     VIEWER = "viewer"
     STREAMER = "streamer"
     ADMIN = "admin"
+    # Staff roles (issue 5): finance reviews withdrawals and KYC, runs settlement and
+    # reconciliation; ops changes the gift catalog and revenue rules; support only reads.
+    FINANCE = "finance"
+    OPS = "ops"
+    SUPPORT = "support"
     # Not a user role: what an overlay token speaks as. Read-only, scoped to
     # one streamer (user_id is that streamer's id), revocable.
     OVERLAY = "overlay"

@@ -124,6 +124,16 @@ class Settings:
     wechatpay_merchant_key_path: str = ""  # our merchant private key (PEM): prepay, query, refund
     wechatpay_merchant_serial: str = ""  # our merchant certificate's serial
     wechatpay_api_base: str = "https://api.mch.weixin.qq.com"
+    # --- money out (billing/settlement.py, billing/payouts.py) ---------------
+    revenue_default_creator_bps: int = 5000  # creator share without any rule: 50.00 %
+    settlement_hold_days: int = 1  # T+N: settled income is withdrawable N local days later
+    withdraw_min_coins: int = 1000  # one withdrawal is at least this ...
+    withdraw_max_coins: int = 5_000_000  # ... and at most this
+    withdraw_daily_max_coins: int = 10_000_000  # per creator per local day (not rejected ones)
+    payout_fen_per_kcoin: int = 10_000  # 1000 coins pay this many fen (floored per withdrawal)
+    payout_channel: str = "sandbox"  # the channel that pays approved withdrawals
+    payout_retry_after_s: int = 60  # an approved withdrawal without a payout is re-sent after this
+    data_key: str = ""  # AES-256-GCM key for KYC/payout data (64 hex); empty: from the secret
     # --- misc -------------------------------------------------------------
     demo: bool = False
     node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
@@ -184,6 +194,7 @@ class Settings:
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
             **_money_in_env(d),
+            **_money_out_env(d),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -258,6 +269,7 @@ class Settings:
         except (ZoneInfoNotFoundError, ValueError):
             out.append(f"timezone={self.timezone!r} is not a known time zone")
         out += self._money_in_problems()
+        out += self._money_out_problems()
         return out
 
     def _money_in_problems(self) -> list[str]:
@@ -272,6 +284,23 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 out.append(f"{name}={path!r} is not a readable file")
+        return out
+
+    def _money_out_problems(self) -> list[str]:
+        out = []
+        for name, lo, hi in (("revenue_default_creator_bps", 0, 10_000),
+                             ("settlement_hold_days", 0, 90),
+                             ("withdraw_min_coins", 1, 10**12),
+                             ("withdraw_max_coins", self.withdraw_min_coins, 10**12),
+                             ("withdraw_daily_max_coins", self.withdraw_min_coins, 10**13),
+                             ("payout_fen_per_kcoin", 1, 10**9),
+                             ("payout_retry_after_s", 1, 24 * 3600)):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                out.append(f"{name}={value} is outside {lo}..{hi}")
+        if self.data_key and (len(self.data_key) != 64
+                              or any(c not in "0123456789abcdefABCDEF" for c in self.data_key)):
+            out.append("data_key must be 64 hex characters (32 bytes)")
         return out
 
     @property
@@ -308,4 +337,15 @@ def _money_in_env(d: Settings) -> dict[str, Any]:
     out.update({n: _env("GIFTD_" + n.upper(), getattr(d, n)) for n in strs})
     out["sandbox_enabled"] = _env("GIFTD_SANDBOX", "0").lower() in ("1", "true", "yes", "on")
     out["sandbox_notify_schedule_s"] = sched
+    return out
+
+
+def _money_out_env(d: Settings) -> dict[str, Any]:
+    """The creator payout settings from the environment (see docs/configuration.md)."""
+    ints = ("revenue_default_creator_bps", "settlement_hold_days", "withdraw_min_coins",
+            "withdraw_max_coins", "withdraw_daily_max_coins", "payout_fen_per_kcoin",
+            "payout_retry_after_s")
+    out: dict[str, Any] = {n: _env_int("GIFTD_" + n.upper(), getattr(d, n)) for n in ints}
+    out.update({n: _env("GIFTD_" + n.upper(), getattr(d, n)) for n in ("payout_channel",
+                                                                     "data_key")})
     return out

@@ -241,7 +241,8 @@ async def check_invariants(redis: Redis, pool: asyncpg.Pool) -> dict[str, int]:
     assert all(v >= 0 for v in wallets.values()), wallets
     neg = await pool.fetchval(
         "SELECT count(*) FROM account_balances WHERE balance < 0 "
-        "AND (account LIKE 'wallet:%' OR account LIKE 'creator_pending:%')")
+        "AND (account LIKE 'wallet:%' OR account LIKE 'creator_pending:%' "
+        "OR account LIKE 'creator_earnings:%' OR account LIKE 'creator_frozen:%')")
     assert neg == 0
     # Redis wallet = ledger wallet - unflushed debits of that wallet.
     unflushed: dict[int, int] = {}
@@ -264,8 +265,9 @@ async def check_invariants(redis: Redis, pool: asyncpg.Pool) -> dict[str, int]:
                   - pending_debits.get(uid, 0))
         assert wallets.get(uid, 0) == expect, (uid, wallets.get(uid), ledger.get(uid),
                                                unflushed.get(uid))
-    # Conservation: wallets + unflushed debits + creator earnings + platform
-    # revenue = coins that came in (recharges + promotions).
+    # Conservation: wallets + unflushed debits + creator earnings (unsettled, settled)
+    # + platform revenue + pending (frozen) and paid withdrawals = coins that came in
+    # (recharges + promotions).
     totals = {r["kind"]: r["s"] for r in await pool.fetch(
         "SELECT a.kind, coalesce(sum(b.balance), 0)::bigint AS s FROM accounts a "
         "LEFT JOIN account_balances b ON b.account = a.code GROUP BY a.kind")}
@@ -277,6 +279,8 @@ async def check_invariants(redis: Redis, pool: asyncpg.Pool) -> dict[str, int]:
     came_in = -(totals.get("promotion", 0) + totals.get("channel_clearing", 0)
                 + totals.get("refunds", 0) + totals.get("adjustments", 0))
     held = (wallets_total + pending_total + unflushed_total + totals.get("creator_pending", 0)
-            + totals.get("platform_revenue", 0) + sum(pending_debits.values()))
+            + totals.get("platform_revenue", 0) + sum(pending_debits.values())
+            + totals.get("creator_earnings", 0) + totals.get("creator_frozen", 0)
+            + totals.get("withdrawals_paid", 0))
     assert held == came_in, {"held": held, "came_in": came_in, **totals}
     return {"came_in": came_in, "wallets": wallets_total, "unflushed": unflushed_total}

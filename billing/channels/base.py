@@ -61,3 +61,37 @@ class Channel(Protocol):
     async def query(self, order_id: str) -> Notice | None:
         """Ask the channel about a trade; None if it cannot be asked or does not know it."""
         ...
+
+
+# --- payouts (money out to creators) ---------------------------------------------------
+class PayoutStatus(StrEnum):
+    PAID = "PAID"      # the money reached the creator's account
+    FAILED = "FAILED"  # it did not (closed account, wrong name, ...): the coins go back
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutNotice:
+    """A verified statement from the channel about one payout."""
+
+    withdrawal_id: str  # our id (out_payout_no)
+    payout_no: str      # the channel's id
+    amount_fen: int
+    status: PayoutStatus
+    detail: str = ""
+
+
+class PayoutChannel(Protocol):
+    name: str
+
+    async def payout(self, withdrawal_id: str, amount_fen: int, method: str, account: str,
+                     account_masked: str) -> str:
+        """Ask the channel to pay; idempotent on withdrawal_id. Returns the channel's payout
+        number. The result arrives later as a signed payout notify."""
+        ...
+
+    def verify_payout_notify(self, headers: Mapping[str, str], body: bytes,
+                             now_s: float) -> PayoutNotice | Rejected:
+        ...
+
+    def reply(self, ok: bool) -> Reply:
+        ...

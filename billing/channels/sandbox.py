@@ -37,7 +37,14 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import orjson
 
-from billing.channels.base import Notice, Rejected, Reply, TradeStatus
+from billing.channels.base import (
+    Notice,
+    PayoutNotice,
+    PayoutStatus,
+    Rejected,
+    Reply,
+    TradeStatus,
+)
 
 log = logging.getLogger("giftd.sandbox")
 
@@ -53,6 +60,12 @@ def sign(key: bytes, timestamp: str, body: bytes) -> str:
 
 def notify_body(trade_no: str, order_id: str, amount_fen: int, status: str) -> bytes:
     return orjson.dumps({"trade_no": trade_no, "out_trade_no": order_id,
+                         "amount_fen": amount_fen, "status": status})
+
+
+def payout_notify_body(payout_no: str, withdrawal_id: str, amount_fen: int,
+                       status: str) -> bytes:
+    return orjson.dumps({"payout_no": payout_no, "out_payout_no": withdrawal_id,
                          "amount_fen": amount_fen, "status": status})
 
 
@@ -104,10 +117,13 @@ class SandboxChannel:
 
     def __init__(self, pool: asyncpg.Pool, *, key: bytes, notify_url: str,
                  schedule_s: Sequence[int], duplicate_pct: int, timezone: str,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, payout_notify_url: str = "") -> None:
         self.pool = pool
         self.key = key
         self.notify_url = notify_url
+        # Payout results go to /api/payout/notify/sandbox beside the pay notify.
+        self.payout_notify_url = payout_notify_url or notify_url.replace(
+            "/api/pay/notify/", "/api/payout/notify/")
         self.schedule_s = tuple(schedule_s)
         self.duplicate_pct = duplicate_pct
         self.tz = ZoneInfo(timezone)
@@ -265,10 +281,79 @@ class SandboxChannel:
             return False
         return status == 200 and answer.strip() == b"success"
 
+    # --- payouts (money out) --------------------------------------------------------
+    async def payout(self, withdrawal_id: str, amount_fen: int, method: str, account: str,
+                     account_masked: str) -> str:
+        """Pay a creator. Idempotent on withdrawal_id (out_payout_no). Sandbox rule: an
+        account ending in 0000 fails, every other one is paid at once. The result is
+        notified (signed) to payout_notify_url on the same schedule as payments."""
+        status = "FAILED" if account.endswith("0000") else "PAID"
+        payout_no = "SP" + secrets.token_hex(10)
+        row = await self.pool.fetchrow(
+            """INSERT INTO sandbox_payouts (payout_no, out_payout_no, amount_fen, method,
+                                            account_masked, status, notify_url, next_notify_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+               ON CONFLICT (out_payout_no) DO UPDATE SET out_payout_no = EXCLUDED.out_payout_no
+               RETURNING payout_no""",
+            payout_no, withdrawal_id, amount_fen, method, account_masked, status,
+            self.payout_notify_url)
+        assert row is not None
+        return str(row["payout_no"])
+
+    def verify_payout_notify(self, headers: Mapping[str, str], body: bytes,
+                             now_s: float) -> PayoutNotice | Rejected:
+        ts = headers.get("x-sandbox-timestamp", "")
+        sig = headers.get("x-sandbox-signature", "")
+        if not ts or not sig:
+            return Rejected("missing_signature")
+        if not ts.isdigit() or len(ts) > 12:
+            return Rejected("bad_timestamp")
+        if abs(now_s - int(ts)) > TIMESTAMP_SKEW_S:
+            return Rejected("stale_timestamp")
+        if not hmac.compare_digest(sign(self.key, ts, body), sig):
+            return Rejected("bad_signature")
+        try:
+            d = orjson.loads(body)
+            wid, pno, amount, raw = (d["out_payout_no"], d["payout_no"], d["amount_fen"],
+                                     d["status"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return Rejected("malformed")
+        if not (isinstance(wid, str) and isinstance(pno, str) and type(amount) is int
+                and raw in ("PAID", "FAILED")):
+            return Rejected("malformed")
+        return PayoutNotice(wid, pno, amount, PayoutStatus(raw),
+                            "" if raw == "PAID" else "sandbox: the account refused the payout")
+
+    async def deliver_payouts_due(self) -> int:
+        """Send every due payout notify once; returns how many were answered `success`."""
+        rows = await self.pool.fetch(
+            """SELECT * FROM sandbox_payouts
+                WHERE notified_ok_at IS NULL AND next_notify_at <= now()
+                ORDER BY next_notify_at LIMIT $1""", NOTIFY_BATCH_MAX)
+        ok_count = 0
+        for r in rows:
+            body = payout_notify_body(r["payout_no"], r["out_payout_no"], r["amount_fen"],
+                                      r["status"])
+            sends = 2 if self.rng.randrange(100) < self.duplicate_pct else 1
+            results = await asyncio.gather(*(self._post(r["notify_url"], body)
+                                             for _ in range(sends)))
+            attempts = r["attempts"] + 1
+            delay = None if any(results) else self.next_delay_s(attempts)
+            if any(results):
+                ok_count += 1
+            await self.pool.execute(
+                """UPDATE sandbox_payouts SET attempts = $2, next_notify_at = $3,
+                          notified_ok_at = CASE WHEN $4 THEN now() END
+                    WHERE payout_no = $1""", r["payout_no"], attempts,
+                None if delay is None else r["created_at"] + timedelta(seconds=delay),
+                any(results))
+        return ok_count
+
     async def run(self, every_s: float) -> None:
         while True:
             try:
                 await self.deliver_due()
+                await self.deliver_payouts_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -309,4 +394,4 @@ def parse_schedule(text: str) -> tuple[int, ...]:
 
 
 __all__ = ["SandboxChannel", "StatementRow", "parse_schedule", "parse_statement",
-           "sign", "statement_csv"]
+           "payout_notify_body", "sign", "statement_csv"]
