@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -32,7 +33,7 @@ from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
 from rooms.pk import Battles
-from server import api, keys
+from server import admin_api, api, keys
 from server.context import Ctx
 from server.gateway import ws_endpoint
 from server.metrics import Metrics
@@ -45,6 +46,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 OUTBOX_EVERY_S = 1.0  # unapplied credits are retried this often
 REDIS_CONNECTIONS_MAX = 64  # per process
 REDIS_POOL_WAIT_S = 5  # a request waits this long for a free Redis connection, then fails
+PAGES = ("overlay", "room", "console", "admin")  # /<name>/ serves static/<name>/index.html
 
 
 def load_secret(settings: Settings) -> str:
@@ -205,9 +207,15 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html")
 
+    def page(name: str) -> Callable[[Request], Any]:
+        async def serve(request: Request) -> Response:  # the pages: static/<name>/index.html
+            return FileResponse(STATIC_DIR / name / "index.html")
+        return serve
+
     app = Starlette(
         routes=[
             Route("/", index),
+            *[Route(f"/{name}/", page(name)) for name in PAGES],
             Route("/health", api.health),
             Route("/metrics", api.metrics),
             Route("/api/register", api.register, methods=["POST"]),
@@ -227,6 +235,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             Route("/api/pk/{pk_id}/{answer:str}", api.pk_answer, methods=["POST"]),
             Route("/api/pk/{pk_id}", api.pk_get),
             *billing_api.routes(),
+            *admin_api.routes(),
             WebSocketRoute("/ws", ws_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         ],

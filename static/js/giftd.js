@@ -1,4 +1,5 @@
 // giftd.js — a small client for giftd's WebSocket protocol (/ws, JSON frames).
+// Used by every page: the demo page, the viewer room, the streamer console, the overlay.
 //
 //   import { GiftdClient } from "/static/js/giftd.js";
 //   const client = new GiftdClient({ token: () => myToken });
@@ -12,7 +13,14 @@
 // What it does for you:
 // - connects with a token (a string, or a function returning one / a promise of one,
 //   called before every connect so an expired token can be refreshed);
-// - re-connects with capped, jittered back-off and re-joins the room it was in;
+// - re-connects with capped, jittered back-off (or after the server's `bye` hint) and
+//   re-joins the room it was in WITH `since` = the last seq it saw, so the server
+//   replays the missed room events (`joined.replay`, emitted as ordinary events with
+//   `replayed: true`) or answers `resync` when they are gone (a fresh snapshot);
+// - overlay tokens work like user tokens (read-only); a revoked one (close 4003) stops
+//   the client for good (state "revoked");
+// - fan-board subscriptions (subscribe) are kept and re-sent after a reconnect;
+// - keeps the room's PK battle (joined.pk, pk_* events, gift.pk) as `client.pk`;
 // - heartbeats (ping/pong) and drops a silent, half-open socket;
 // - keeps the room state: balance, top-N board (rank diffs applied like
 //   rooms/ranking.py apply_diff), viewer count, room_total, last seq;
@@ -22,9 +30,16 @@
 //   `duplicate`, which the client reports as the ack it was waiting for.
 //
 // Events (client.on(name, fn) returns an unsubscribe function):
-//   state     {state: "idle"|"connecting"|"open"|"reconnecting"|"closed", attempt, delay_ms, code, reason}
+//   state     {state: "idle"|"connecting"|"open"|"reconnecting"|"closed"|"revoked", attempt, delay_ms, code, reason}
 //   joined    the server's `joined` snapshot
-//   resync    {room, missed, from_seq, to_seq}  events that happened while disconnected
+//   resync    {room, missed, from_seq, to_seq, reset}  events missed and not replayable
+//             (reset: the server answered `resync`: start over from the snapshot)
+//   replay    {room, events, from_seq, to_seq}  after a resumed join, before the events
+//   gift, combo_end, session_start, pk_invite, pk_start, pk_score, pk_result, pk_over,
+//             pk_declined, pk_expired   room events by type (from ticks and replays)
+//   pk        {room, pk}  the battle after any change (pk null: none)
+//   board     {key, board, streamer, span, period, rank, snapshot}  a fan board
+//   bye       the server's `bye` (it is going away; the client reconnects by itself)
 //   tick      the raw tick frame (after its events passed the seq filter)
 //   gift      one gift event {seq, sender:{id,name}, gift, gift_name, count, value_coins, tier, ...}
 //   rank      {room, board, diff}
@@ -39,6 +54,7 @@ const SUBPROTOCOL = "giftd.json"; // JSON text frames (docs/protocol.md); msgpac
 const CLOSE_NORMAL = 1000;
 const RETRYABLE_SEND_CODES = new Set(["unavailable", "overloaded"]);
 const SEND_RETRIES_MAX = 3; // server said "retry": at most this many automatic re-sends
+const CLOSE_REVOKED = 4003; // an overlay token was revoked: never reconnect with it
 
 /** rooms/ranking.py apply_diff, in JS: the board after a tick's rank diff. */
 export function applyDiff(board, diff) {
@@ -104,6 +120,10 @@ export class GiftdClient {
     this.viewers = 0;
     this.roomTotal = 0;
     this.seq = 0; // last room seq seen (snapshot or event)
+    this.epoch = 0;
+    this.pk = null; // the room's PK battle (GET /api/pk/{id} shape), or null
+    this.boards = new Map(); // "fans:<streamer>:<span>" -> {board, streamer, span, period, rank}
+    this._byeDelayMs = null; // the server's reconnect_after_ms from `bye`
     this._handlers = new Map();
     this._pending = new Map(); // gift id -> {msg, resolve, timer, sent, retries, resent}
     this._attempt = 0; // consecutive failed connects
@@ -196,7 +216,10 @@ export class GiftdClient {
       this._lastFrameAt = Date.now();
       this._setState("open");
       this._startHeartbeat();
-      if (this.room) this._send({ type: "join", room: this.room });
+      if (this.room) this._sendJoin();
+      for (const b of this.boards.values()) {
+        this._send({ type: "subscribe", board: b.board, streamer: b.streamer, span: b.span });
+      }
     };
     ws.onmessage = (e) => {
       this._lastFrameAt = Date.now();
@@ -216,6 +239,11 @@ export class GiftdClient {
       this.joined = false;
       this._stopHeartbeat();
       if (!opened) this._failures += 1;
+      if (e.code === CLOSE_REVOKED) {
+        this._wantOpen = false; // the streamer revoked this overlay token
+        this._setState("revoked", { code: e.code, reason: e.reason });
+        return;
+      }
       if (this._wantOpen) this._scheduleReconnect(e.code, e.reason);
       else this._setState("closed", { code: e.code, reason: e.reason });
     };
@@ -226,7 +254,11 @@ export class GiftdClient {
     this._attempt += 1;
     const base = Math.min(this.opts.reconnectMaxMs,
       this.opts.reconnectBaseMs * 2 ** Math.min(this._attempt - 1, 10));
-    const delay = Math.round(base / 2 + Math.random() * (base / 2)); // jitter: [base/2, base]
+    let delay = Math.round(base / 2 + Math.random() * (base / 2)); // jitter: [base/2, base]
+    if (this._byeDelayMs !== null) { // the server said when to come back
+      delay = Math.round(this._byeDelayMs * (1 + Math.random() * 0.5));
+      this._byeDelayMs = null;
+    }
     this._setState("reconnecting", { delay_ms: delay, code, reason });
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = setTimeout(() => {
@@ -266,16 +298,34 @@ export class GiftdClient {
   }
 
   // --- rooms and gifts ----------------------------------------------------
-  /** Join a room (and re-join it after every reconnect). */
+  /** Join a room (and re-join it after every reconnect, resuming from the last seq). */
   join(room) {
     if (room !== this.room) {
       this.room = room;
       this.snapshot = null;
       this.board = [];
       this.seq = 0;
+      this.pk = null;
     }
     this.joined = false;
-    this._send({ type: "join", room });
+    this._sendJoin();
+  }
+
+  _sendJoin() {
+    const msg = { type: "join", room: this.room };
+    if (this.snapshot !== null && this.snapshot.room === this.room) msg.since = this.seq; // resume
+    this._send(msg);
+  }
+
+  /**
+   * Subscribe to a streamer's fan board (span "day" | "week" | "month"). `board` events
+   * carry the whole board (diffs applied). Re-subscribed after every reconnect.
+   */
+  subscribe(streamer, span = "day", board = "fans") {
+    const key = `${board}:${streamer}:${span}`;
+    if (!this.boards.has(key)) this.boards.set(key, { key, board, streamer, span, period: null, rank: [] });
+    this._send({ type: "subscribe", board, streamer, span });
+    return key;
   }
 
   /**
@@ -283,13 +333,14 @@ export class GiftdClient {
    * {type:"ack", id, outcome, balance, event_id?, seq?} or {type:"error", id, code, message}.
    * Never rejects. Queued while disconnected; re-sent with the same id after a reconnect.
    */
-  sendGift(gift, count = 1, { id = newGiftId(), room = this.room } = {}) {
+  sendGift(gift, count = 1, { id = newGiftId(), room = this.room, amount } = {}) {
     return new Promise((resolve) => {
       if (!room) {
         resolve({ type: "error", id, code: "not_in_room", message: "join a room first" });
         return;
       }
       const msg = { type: "gift", id, room, gift, count };
+      if (amount !== undefined) msg.amount = amount; // tip_custom: the coins to tip
       const p = { msg, resolve, sent: false, retries: 0, resent: false, timer: null };
       p.timer = setTimeout(() => {
         this._settle(id, {
@@ -342,7 +393,13 @@ export class GiftdClient {
     this._emit("message", msg);
     switch (msg.type) {
       case "joined":
+      case "resync":
         return this._onJoined(msg);
+      case "board":
+        return this._onBoard(msg);
+      case "bye":
+        this._byeDelayMs = typeof msg.reconnect_after_ms === "number" ? msg.reconnect_after_ms : null;
+        return this._emit("bye", msg);
       case "tick":
         return this._onTick(msg);
       case "ack":
@@ -364,21 +421,34 @@ export class GiftdClient {
     if (msg.room !== this.room) return; // an answer to a join we have since replaced
     const prevSeq = this.seq;
     const rejoin = this.snapshot !== null;
+    const replay = Array.isArray(msg.replay) ? msg.replay : null;
     this.joined = true;
     this.snapshot = msg;
     this.you = msg.you;
     this.board = Array.isArray(msg.ranking) ? msg.ranking : [];
     this.viewers = msg.viewers;
     this.roomTotal = msg.room_total;
-    this.seq = msg.seq;
+    this.epoch = msg.epoch || 0;
+    this.pk = msg.pk || null;
     if (typeof msg.balance === "number" && this._pending.size === 0) {
       this.balance = msg.balance;
     }
     this._emit("joined", msg);
-    if (rejoin && msg.seq > prevSeq) {
-      this._emit("resync", { room: msg.room, missed: msg.seq - prevSeq,
-        from_seq: prevSeq + 1, to_seq: msg.seq });
+    if (replay) {
+      // Resumed: the missed events, in seq order, exactly once. The ranking and totals
+      // in the snapshot are current already, so these feed the feed/animations only.
+      const fresh = replay.filter((ev) => typeof ev.seq === "number" && ev.seq > prevSeq);
+      this._emit("replay", { room: msg.room, events: fresh, from_seq: prevSeq + 1, to_seq: msg.seq });
+      for (const ev of fresh) {
+        this.seq = ev.seq;
+        this._emit(ev.type || "gift", { ...ev, replayed: true });
+      }
+    } else if (rejoin && (msg.type === "resync" || msg.seq > prevSeq)) {
+      this._emit("resync", { room: msg.room, missed: Math.max(0, msg.seq - prevSeq),
+        from_seq: prevSeq + 1, to_seq: msg.seq, reset: msg.type === "resync" });
     }
+    this.seq = msg.seq;
+    this._emit("pk", { room: msg.room, pk: this.pk });
     this._emit("balance", { balance: this.balance });
     this._emit("rank", { room: msg.room, board: this.board, diff: null });
     this._emit("viewers", { room: msg.room, viewers: this.viewers });
@@ -403,7 +473,11 @@ export class GiftdClient {
     }
     if (typeof msg.seq === "number" && msg.seq > this.seq) this.seq = msg.seq;
     this._emit("tick", { ...msg, events: fresh });
-    for (const ev of fresh) this._emit(ev.type || "gift", ev);
+    for (const ev of fresh) {
+      this._emit(ev.type || "gift", ev);
+      if (this._applyPk(ev)) this._emit("pk", { room: msg.room, pk: this.pk });
+      if (ev.type === "session_start") this.epoch = ev.epoch;
+    }
     if (Array.isArray(msg.rank) && msg.rank.length) {
       this.board = applyDiff(this.board, msg.rank);
       this._emit("rank", { room: msg.room, board: this.board, diff: msg.rank });
@@ -412,6 +486,53 @@ export class GiftdClient {
       this.viewers = msg.viewers;
       this._emit("viewers", { room: msg.room, viewers: this.viewers });
     }
+  }
+
+  /** Fold a room event into this.pk; true when it changed. */
+  _applyPk(ev) {
+    const t = ev.type || "gift";
+    if (t === "gift") {
+      if (!ev.pk || !this.pk || ev.pk.id !== this.pk.id) return false;
+      this.pk = { ...this.pk, score_a: ev.pk.score_a, score_b: ev.pk.score_b };
+      return true;
+    }
+    if (!t.startsWith("pk_")) return false;
+    const base = this.pk && this.pk.id === ev.pk_id ? this.pk : { id: ev.pk_id, score_a: 0, score_b: 0 };
+    const sides = {};
+    for (const k of ["room_a", "room_b", "streamer_a", "streamer_b"]) if (k in ev) sides[k] = ev[k];
+    switch (t) {
+      case "pk_invite":
+        this.pk = { ...base, ...sides, state: "invited", expires_ms: ev.expires_ms, invited_ms: ev.ts_ms };
+        return true;
+      case "pk_start":
+        this.pk = { ...base, ...sides, state: "running", start_ms: ev.start_ms, end_ms: ev.end_ms,
+          multiplier_from_ms: ev.multiplier_from_ms, multiplier: ev.multiplier };
+        return true;
+      case "pk_score":
+        this.pk = { ...base, score_a: ev.score_a, score_b: ev.score_b };
+        return true;
+      case "pk_result":
+        this.pk = { ...base, ...sides, state: "punish", score_a: ev.score_a, score_b: ev.score_b,
+          winner: ev.winner, end_ms: ev.end_ms, punish_end_ms: ev.punish_end_ms };
+        return true;
+      case "pk_over":
+      case "pk_declined":
+      case "pk_expired":
+        this.pk = null;
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  _onBoard(msg) {
+    const key = `${msg.board}:${msg.streamer}:${msg.span}`;
+    const b = this.boards.get(key) || { key, board: msg.board, streamer: msg.streamer, span: msg.span, rank: [] };
+    b.period = msg.period;
+    b.rank = msg.snapshot ? (msg.rank || []) : applyDiff(b.rank, msg.rank);
+    b.snapshot = !!msg.snapshot;
+    this.boards.set(key, b);
+    this._emit("board", { ...b });
   }
 
   _onAck(msg) {

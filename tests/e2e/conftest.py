@@ -35,3 +35,39 @@ async def browser() -> AsyncIterator[Any]:
                   "--disable-sync"])
         yield b
         await b.close()
+
+
+async def seed_demo(pool: Any, redis: Any) -> None:
+    """The demo accounts and rooms (aurora, blaze; ann, ben, cat, dan; admin), coins applied."""
+    from billing.credits import apply_pending
+    from gifts.scripts import Scripts
+    from server.demo import seed
+
+    async with pool.acquire() as conn:
+        await seed(conn)
+    await apply_pending(pool, redis, Scripts().credit)
+
+
+async def restart_on_same_port(old: Any, **overrides: Any) -> Any:
+    """A new RunningServer on `old`'s port with the same Redis/DB and settings."""
+    from dataclasses import replace
+
+    from tests.support import RunningServer
+
+    srv = RunningServer(old.redis_url, old.database_url, **overrides)
+    srv.port = old.port
+    srv.settings = replace(old.settings, port=old.port)
+    await srv.start()
+    return srv
+
+
+async def open_page(browser: Any, url: str, *, width: int = 1280, height: int = 900) -> Any:
+    # bypass_csp: Playwright polls wait_for_function predicates with eval, which the
+    # pages' CSP (script-src 'self') forbids; the pages themselves never need it.
+    ctx = await browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True)
+    page = await ctx.new_page()
+    page.on("pageerror", lambda exc: print(f"[pageerror] {url}: {exc}"))
+    page.on("console", lambda m: print(f"[console.{m.type}] {url}: {m.text}")
+            if m.type in ("error", "warning") else None)
+    await page.goto(url)
+    return page
