@@ -847,7 +847,7 @@ async def redis_benchmark_phase(redis_url: str, spec: GiftSpec, viewer: Principa
     # --csv quotes the test title without escaping the JSON quotes inside it:
     # read the numbers from the right.
     rps = None
-    lines = out.decode().strip().splitlines()
+    lines = out.decode(errors="replace").strip().splitlines()  # the title echoes packed args
     head = next(csv.reader(io.StringIO(lines[0]))) if lines else []
     for line in lines[1:]:
         nums = [v.strip('"') for v in line.rsplit(",", len(head) - 1)[1:]]
@@ -856,7 +856,8 @@ async def redis_benchmark_phase(redis_url: str, spec: GiftSpec, viewer: Principa
             phase.extra["rb_latency_ms"] = {h: float(v) for h, v in zip(head[2:], nums[1:],
                                                                          strict=False)}
     if rps is None:
-        raise RuntimeError(f"could not read redis-benchmark output:\n{out.decode()[-2000:]}")
+        raise RuntimeError("could not read redis-benchmark output:\n"
+                           + out.decode(errors="replace")[-2000:])
     ok = d1 - d0
     phase.extra["evalsha_calls"] = c1 - c0
     phase.extra["requests"] = requests
