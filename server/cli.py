@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     from billing.cli import add_commands as add_money_commands
 
     add_money_commands(sub)  # reconcile, audit verify
+    from billing.settle_cli import add_commands as add_settle_commands
+
+    add_settle_commands(sub)  # settle --date D (money out)
     args = parser.parse_args(argv)
     from server.logs import configure
 

@@ -3,7 +3,9 @@ settles to exact shares; re-running changes nothing; T+N in the configured zone.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -129,3 +131,28 @@ async def test_settlement_waits_for_the_day_and_the_flusher(pool: asyncpg.Pool,
     await redis.xdel(keys.LEDGER_STREAM, f"{ms}-0")
     rep = await settle_day(pool, redis, day=date(2025, 6, 10), settings=settings, now=JULY_2)
     assert rep.settled == []
+
+
+async def test_giftd_settle_cli(pool: asyncpg.Pool, redis: Redis, redis_url: str,
+                                database_url: str, tmp_path: Path) -> None:
+    from tests.integration.test_reconcile import giftd_cli
+
+    room, creator = await make_room(pool, redis)
+    fan = await make_user(pool, redis, coins=1000)
+    await gifts_at(pool, redis, sender_id=fan.user_id, streamer_id=creator.user_id, room=room,
+                   items=[(local(5, 9), 333)])
+    env = {"REDIS_URL": redis_url, "DATABASE_URL": database_url,
+           "GIFTD_TIMEZONE": "Asia/Shanghai", "GIFTD_VAR_DIR": str(tmp_path / "var"),
+           "GIFTD_REVENUE_DEFAULT_CREATOR_BPS": "7000"}
+    code, out, err = await giftd_cli("settle", "--date", "2025-06-01", "--to", "2025-06-30",
+                                     env=env)
+    assert code == 0, err
+    days = json.loads(out)
+    assert len(days) == 30 and days[4]["settled"][0]["creator_coins"] == 233  # 233.1
+    assert days[4]["settled"][0]["platform_coins"] == 100
+    code, out, err = await giftd_cli("settle", "--date", "2025-06-05", env=env)
+    assert code == 0 and json.loads(out)["already"] == 1 and json.loads(out)["settled"] == []
+    future = (datetime.now(TZ) + timedelta(days=2)).date().isoformat()
+    code, out, err = await giftd_cli("settle", "--date", future, env=env)
+    assert code == 2 and "day_not_over" in err
+    await check_invariants(redis, pool)
