@@ -16,12 +16,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from billing.api import MONEY_ROLES, READ_ROLES
 from server.api import ApiError, ctx_of, principal_of, require_role
 from server.auth import Principal, Role
 
-# Who may read the admin console's data. Extend with Role.FINANCE/OPS/SUPPORT when
-# they exist (server/auth.py); `whoami` reports the caller's role to the page.
-ADMIN_READ_ROLES: tuple[Role, ...] = (Role.ADMIN,)
+# Who may read the admin console's data: the staff roles that read money data
+# (billing/api.py READ_ROLES: admin, finance, ops, support). Change it there, or give
+# an endpoint its own tuple here. `whoami` reports the caller's role to the page, which
+# hides the actions the role may not take (the server refuses them anyway).
+ADMIN_READ_ROLES: tuple[Role, ...] = READ_ROLES
+MONEY_ACTION_ROLES: tuple[Role, ...] = MONEY_ROLES  # refunds, adjustments, withdrawal review
 
 BUCKETS = {"hour": (timedelta(hours=1), 72), "day": (timedelta(days=1), 92)}  # span, max n
 HOT_GIFTS_MAX = 10  # the dashboard's hot-gifts list
@@ -51,6 +55,7 @@ async def whoami(request: Request) -> Response:
     """The caller and whether they may open the admin console (403 otherwise)."""
     p = _reader(request)
     return JSONResponse({"user": {"id": p.user_id, "name": p.name, "role": p.role.value},
+                         "can_move_money": p.role in MONEY_ACTION_ROLES,
                          "roles": [r.value for r in ADMIN_READ_ROLES]})
 
 
@@ -117,7 +122,7 @@ async def dashboard(request: Request) -> Response:
     return JSONResponse({
         "bucket": bucket, "timezone": tzname, "from": begin.isoformat(), "to": end.isoformat(),
         "coins_per_yuan": ctx.settings.coins_per_yuan,
-        "totals": {**dict(totals), "revenue": total_revenue},
+        "totals": {**(dict(totals) if totals else {}), "revenue": total_revenue},
         "series": series,
         "hot_gifts": [{"gift": r["gift_code"], "name": r["name"], "coins": r["coins"],
                        "gifts": r["gifts"]} for r in hot],

@@ -37,6 +37,7 @@ async def site(redis_url: str, database_url: str, redis: Redis,
 async def principal(pool: asyncpg.Pool, username: str) -> Principal:
     row = await pool.fetchrow("SELECT id, display_name, role FROM users WHERE username = $1",
                               username)
+    assert row is not None
     return Principal(row["id"], row["display_name"], Role(row["role"]))
 
 
