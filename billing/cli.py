@@ -36,12 +36,22 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from billing import reconcile
-    from billing.channels.sandbox import SandboxChannel, parse_statement, statement_csv
+    from billing.channels.sandbox import SandboxChannel, statement_csv
 
     try:
         day = date.fromisoformat(args.date)
     except ValueError:
         print(f"giftd reconcile: --date must be YYYY-MM-DD, not {args.date!r}", file=sys.stderr)
+        return 2
+    # --format defaults to the channel, --channel to the format (alipay bills are alipay's).
+    channel = args.channel or args.format or "sandbox"
+    fmt = args.format or channel
+    if fmt not in reconcile.STATEMENT_FORMATS:
+        print(f"giftd reconcile: --format is one of {', '.join(reconcile.STATEMENT_FORMATS)}",
+              file=sys.stderr)
+        return 2
+    if fmt != "sandbox" and not args.statement:
+        print(f"giftd reconcile: give --statement FILE (the {fmt} bill)", file=sys.stderr)
         return 2
     settings = Settings.from_env()
     urls = _urls(settings)
@@ -50,11 +60,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
-    given = ""
+    given = b""
     if args.statement:
         try:
-            given = Path(args.statement).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            given = Path(args.statement).read_bytes()
+        except OSError as exc:
             print(f"giftd reconcile: cannot read the statement: {exc}", file=sys.stderr)
             return 2
     produced: list[str] = []
@@ -66,19 +76,20 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                    disable=args.quiet)
         try:
             if args.statement:
-                text = given
-            elif args.channel == "sandbox":
+                data = given
+            elif channel == "sandbox":
                 # The sandbox's statement file, as the provider would publish it.
                 sb = SandboxChannel(pool, key=b"", notify_url="", schedule_s=(0,),
                                     duplicate_pct=0, timezone=settings.timezone)
                 text = statement_csv(await sb.statement(day))
                 produced.append(text)
+                data = text.encode("utf-8")
             else:
-                print(f"giftd reconcile: give --statement FILE for channel {args.channel}",
+                print(f"giftd reconcile: give --statement FILE for channel {channel}",
                       file=sys.stderr)
                 return None
             try:
-                rows = parse_statement(text)
+                rows = reconcile.parse_statement_file(data, fmt)
             except ValueError as exc:
                 print(f"giftd reconcile: bad statement file: {exc}", file=sys.stderr)
                 return None
@@ -88,7 +99,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(f"{step}: {n}")
                 bar.update(1)
             return await reconcile.reconcile(pool, redis, day=day, tz=settings.timezone,
-                                             channel=args.channel, statement=rows,
+                                             channel=channel, statement=rows,
                                              progress=progress)
         finally:
             bar.close()
@@ -151,9 +162,13 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("reconcile", help="reconcile one day: channel statement vs orders vs "
                        "ledger vs Redis wallets (exit 1 on any difference)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD, in GIFTD_TIMEZONE")
-    p.add_argument("--channel", default="sandbox")
-    p.add_argument("--statement", default="", help="the channel's statement CSV (default for "
+    p.add_argument("--channel", default="", help="sandbox | alipay | wechatpay: whose orders "
+                   "(default: the --format's channel, else sandbox)")
+    p.add_argument("--statement", default="", help="the channel's statement file (default for "
                    "sandbox: produced from the sandbox's books)")
+    p.add_argument("--format", default="", help="the statement's format: sandbox (our CSV), "
+                   "alipay (trade bill 业务明细, zip or GBK CSV), wechatpay (v3 tradebill ALL, "
+                   "plain or gzip); default: the channel's")
     p.add_argument("--out", default="", help="write the JSON report here (default: stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_reconcile)

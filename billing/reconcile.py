@@ -27,7 +27,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from redis.asyncio import Redis
 
-from billing.channels.sandbox import StatementRow
+from billing.channels.alipay_bill import parse_alipay_bill
+from billing.channels.sandbox import StatementRow, parse_statement
+from billing.channels.wechatpay_bill import parse_wechatpay_bill
 from server import keys
 
 CONFIRM_CUTS = 3  # a wallet difference must be seen at this many consecutive cuts
@@ -41,6 +43,27 @@ class Difference:
     ours: Any = None
     theirs: Any = None
     detail: str = ""
+
+
+# --- the channel's statement file ---------------------------------------------------
+STATEMENT_FORMATS = ("sandbox", "alipay", "wechatpay")
+
+
+def parse_statement_file(data: bytes, fmt: str) -> list[StatementRow]:
+    """A statement file as the channel publishes it -> rows. `sandbox`: our normalized CSV
+    (UTF-8); `alipay`: the trade bill (业务明细, GBK, zip or CSV); `wechatpay`: the v3
+    `ALL` trade bill (plain or gzip). ValueError, naming the line, on a malformed file."""
+    if fmt == "sandbox":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the statement is not UTF-8 text") from None
+        return parse_statement(text)
+    if fmt == "alipay":
+        return parse_alipay_bill(data)
+    if fmt == "wechatpay":
+        return parse_wechatpay_bill(data)
+    raise ValueError(f"unknown statement format {fmt!r} (one of {', '.join(STATEMENT_FORMATS)})")
 
 
 # --- channel vs us ------------------------------------------------------------------
