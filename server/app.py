@@ -119,6 +119,18 @@ async def _combo_end_loop(ctx: Ctx) -> None:
         await asyncio.sleep(COMBO_END_EVERY_S)
 
 
+SHUTDOWN_STEP_S = 5.0  # each shutdown step gets this long before it is cut short
+
+
+async def _bounded(aw: Any, what: str) -> None:
+    try:
+        await asyncio.wait_for(aw, SHUTDOWN_STEP_S)
+    except asyncio.CancelledError:
+        pass  # a cancelled background task: the normal way it ends
+    except Exception as exc:  # includes TimeoutError
+        log.warning("shutdown: %s did not finish cleanly: %r", what, exc)
+
+
 async def _outbox_loop(ctx: Ctx) -> None:
     while True:
         try:
@@ -194,15 +206,20 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
                 ctx.flusher.stop()
             for t in tasks:
                 t.cancel()
+            # Every step is bounded: a stuck task or a connection that is never
+            # released must not keep the process from exiting.
             for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            await ctx.bus.stop()
-            await ctx.board_feed.stop()
-            await hub.stop()
-            await ctx.sender.stop()
-            await pool.close()
-            await redis.aclose()
+                await _bounded(t, t.get_name())
+            await _bounded(ctx.bus.stop(), "room bus")
+            await _bounded(ctx.board_feed.stop(), "board feed")
+            await _bounded(hub.stop(), "room ticks")
+            await _bounded(ctx.sender.stop(), "gift sender")
+            try:
+                await asyncio.wait_for(pool.close(), SHUTDOWN_STEP_S)
+            except TimeoutError:
+                log.warning("shutdown: Postgres connections still busy; terminating them")
+                pool.terminate()
+            await _bounded(redis.aclose(), "redis")
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html")
