@@ -23,7 +23,7 @@ from billing import api as billing_api
 from billing import credits
 from billing.flusher import Flusher
 from billing.migrate import migrate
-from gifts.catalog import Catalog, Gift, default_catalog
+from gifts.catalog_store import load_catalog
 from gifts.scripts import Scripts
 from gifts.sender import GiftSender
 from rooms.board_feed import BoardFeed
@@ -33,7 +33,7 @@ from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
 from rooms.pk import Battles
-from server import admin_api, api, keys
+from server import admin_api, api, catalog_api, keys
 from server.context import Ctx
 from server.gateway import ws_endpoint
 from server.metrics import Metrics
@@ -60,23 +60,6 @@ def load_secret(settings: Settings) -> str:
     path.write_text(value)
     path.chmod(0o600)
     return value
-
-
-async def load_catalog(pool: asyncpg.Pool, settings: Settings) -> Catalog:
-    """The active catalog; an empty table is seeded with the default one first."""
-    async with pool.acquire() as conn:
-        if await conn.fetchval("SELECT count(*) FROM gifts") == 0:
-            await conn.executemany(
-                """INSERT INTO gifts (code, name, price_coins, animation, kind, sort_order)
-                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
-                [(g.code, g.name, g.price_coins, g.animation, g.kind, i)
-                 for i, g in enumerate(default_catalog(settings.coins_per_yuan))],
-            )
-        rows = await conn.fetch(
-            """SELECT code, name, price_coins, animation, kind FROM gifts
-                WHERE active ORDER BY sort_order, code""")
-    return Catalog([Gift(r["code"], r["name"], r["price_coins"], r["animation"], r["kind"])
-                    for r in rows])
 
 
 async def warn_on_weak_persistence(redis: Redis, settings: Settings) -> None:
@@ -169,7 +152,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             redis=redis,
             pool=pool,
             scripts=scripts,
-            catalog=await load_catalog(pool, settings),
+            catalog=await load_catalog(pool, settings.coins_per_yuan),
             rooms=directory,
             names=names,
             sender=GiftSender(redis, scripts.send_gifts, settings),
@@ -253,6 +236,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             Route("/api/pk/{pk_id}", api.pk_get),
             *billing_api.routes(),
             *admin_api.routes(),
+            *catalog_api.routes(),
             WebSocketRoute("/ws", ws_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,6 +23,8 @@ from rooms.pk import Battles
 from server.metrics import Metrics
 from server.ratelimit import UserBuckets
 from server.settings import Settings
+
+log = logging.getLogger("giftd.ctx")
 
 BYE_RECONNECT_AFTER_MS = 500  # told to viewers on shutdown: reconnect after about this long
 
@@ -47,9 +51,23 @@ class Ctx:
     # overlay connections by streamer id, so a revocation can close them
     overlays: dict[int, dict[int, Conn]] = field(default_factory=dict)
 
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def reload_catalog(self) -> None:
+        from gifts.catalog_store import load_catalog
+
+        try:
+            self.catalog = await load_catalog(self.pool, self.settings.coins_per_yuan)
+        except Exception as exc:  # keep the old catalog; the next notice retries
+            log.warning("catalog reload failed: %r", exc)
+
     def on_control(self, data: bytes) -> None:
         """A process-wide notice from the control channel."""
         kind, _, arg = data.decode(errors="replace").partition(":")
+        if kind == "catalog_changed":
+            task = asyncio.get_running_loop().create_task(self.reload_catalog())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if kind == "overlay_revoked" and arg.isdigit():
             from rooms.conn import CLOSE_REVOKED
 
