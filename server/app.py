@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ async def _outbox_loop(ctx: Ctx) -> None:
 
 
 def create_app(settings: Settings, redis_url: str, database_url: str,
-               on_ready: Callable[[], None] | None = None) -> Starlette:
+               on_ready: Callable[[Ctx], Awaitable[None]] | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # A blocking pool: a burst of joins waits for a free connection instead of
@@ -180,7 +180,7 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             tasks.append(asyncio.create_task(ctx.flusher.run(), name="flusher"))
         tasks += billing_api.start(app, ctx)  # recharge sweeps, sandbox notifier, debit resume
         if on_ready is not None:
-            on_ready()
+            await on_ready(ctx)
         try:
             yield
         finally:

@@ -123,16 +123,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         base = f"http://{shown_host}:{settings.port}"
 
-        def ready() -> None:
+        async def ready(ctx: Any = None) -> None:
             print(f"\ngiftd is up on {base}/", flush=True)
             if settings.demo:
-                from server.demo import DEMO_PASSWORD
+                from server.demo import DEMO_PASSWORD, overlay_url
 
-                print(f"  viewer demo:    {base}/?as=ann   (also ben, cat, dan)\n"
-                      f"  streamer demo:  {base}/?as=aurora\n"
-                      f"  health:         {base}/health\n"
-                      f"  metrics:        {base}/metrics\n"
-                      f"  demo password:  {DEMO_PASSWORD}", flush=True)
+                overlay = (await overlay_url(ctx, base) if ctx is not None
+                           else "get it from the streamer console")
+                print(f"  viewer room:      {base}/room/?as=ann   (also ben, cat, dan)\n"
+                      f"  streamer console: {base}/console/?as=aurora   (also blaze)\n"
+                      f"  overlay (OBS):    {overlay}\n"
+                      f"  admin console:    {base}/admin/?as=admin   (also finance, ops, "
+                      "support)\n"
+                      f"  demo page:        {base}/?as=ann\n"
+                      f"  health, metrics:  {base}/health  {base}/metrics\n"
+                      f"  demo password:    {DEMO_PASSWORD}", flush=True)
             print("Ctrl-C stops giftd and its embedded servers.", flush=True)
 
         try:
@@ -188,7 +193,7 @@ def _supervise_workers(args: argparse.Namespace, settings: Settings, redis_url: 
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
                     if r.status == 200:
-                        ready()
+                        asyncio.run(ready())
                         print(f"  ({args.workers} worker processes)", flush=True)
                         break
             except OSError:

@@ -8,6 +8,7 @@ conservation invariant holds from the first second.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from billing.credits import book_grant
 from billing.db import Db
@@ -27,7 +28,23 @@ DEMO_USERS: list[tuple[str, str, Role, int, str | None]] = [
     ("cat", "Cat", Role.VIEWER, 20_000, None),
     ("dan", "Dan", Role.VIEWER, 30, None),  # runs out fast: shows insufficient_balance
     ("admin", "Admin", Role.ADMIN, 0, None),
+    ("finance", "Fiona (finance)", Role.FINANCE, 0, None),
+    ("ops", "Oscar (ops)", Role.OPS, 0, None),
+    ("support", "Sam (support)", Role.SUPPORT, 0, None),
 ]
+
+
+async def overlay_url(ctx: Any, base: str, streamer: str = "aurora") -> str:
+    """A ready-to-paste overlay URL for a demo streamer (an OBS browser source)."""
+    from server import keys
+    from server.auth import issue_overlay_token
+
+    row = await ctx.pool.fetchrow(
+        "SELECT u.id, u.display_name, r.id AS room FROM users u JOIN rooms r "
+        "ON r.streamer_id = u.id WHERE u.username = $1", streamer)
+    version = int(await ctx.redis.get(keys.overlay_version(row["id"])) or 0)
+    token = issue_overlay_token(ctx.secret, row["id"], row["display_name"], version)
+    return f"{base}/overlay/?room={row['room']}&token={token}"
 
 
 async def seed(conn: Db) -> None:
