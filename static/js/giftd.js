@@ -1,8 +1,8 @@
-// giftd.js — a small client for giftd's WebSocket protocol (/ws, JSON frames).
+// giftd.js — a small client for giftd's WebSocket protocol (/ws; JSON or msgpack frames).
 // Used by every page: the demo page, the viewer room, the streamer console, the overlay.
 //
 //   import { GiftdClient } from "/static/js/giftd.js";
-//   const client = new GiftdClient({ token: () => myToken });
+//   const client = new GiftdClient({ token: () => myToken });   // format: "json" (default) | "msgpack"
 //   client.on("joined", (snap) => ...);        // room snapshot: balance, ranking, viewers, seq
 //   client.on("gift", (ev) => ...);            // one gift event from a tick, in seq order
 //   client.on("rank", ({ board }) => ...);     // the room's top-N after a tick's diff
@@ -13,6 +13,9 @@
 // What it does for you:
 // - connects with a token (a string, or a function returning one / a promise of one,
 //   called before every connect so an expired token can be refreshed);
+// - speaks `giftd.json` (text frames, the default) or `giftd.msgpack` (binary frames,
+//   option format: "msgpack"; the decoder is the vendored @msgpack/msgpack ES module,
+//   loaded only then). Decoded frames are the same objects either way;
 // - re-connects with capped, jittered back-off (or after the server's `bye` hint) and
 //   re-joins the room it was in WITH `since` = the last seq it saw, so the server
 //   replays the missed room events (`joined.replay`, emitted as ordinary events with
@@ -50,7 +53,8 @@
 //   earnings  the streamer's earnings frame {room_total, delta_coins, gifts, seq}
 //   message   every decoded frame, before the typed event
 
-const SUBPROTOCOL = "giftd.json"; // JSON text frames (docs/protocol.md); msgpack is not spoken here
+const SUBPROTOCOLS = { json: "giftd.json", msgpack: "giftd.msgpack" }; // docs/protocol.md
+const MSGPACK_MODULE = "../vendor/msgpack/index.mjs"; // @msgpack/msgpack (ISC), see its README.md
 const CLOSE_NORMAL = 1000;
 const RETRYABLE_SEND_CODES = new Set(["unavailable", "overloaded"]);
 const SEND_RETRIES_MAX = 3; // server said "retry": at most this many automatic re-sends
@@ -76,6 +80,22 @@ export function newGiftId() {
   return `g-${Date.now().toString(36)}-${hex}`;
 }
 
+let msgpackLoaded = null; // Promise<{encode, decode}> once a msgpack client asked for it
+
+/** The msgpack codec (vendored @msgpack/msgpack), imported on first use. */
+function loadMsgpack() {
+  if (!msgpackLoaded) {
+    msgpackLoaded = import(MSGPACK_MODULE).then((m) => {
+      // ignoreUndefined: like JSON.stringify, leave out fields that are undefined.
+      const encoder = new m.Encoder({ ignoreUndefined: true });
+      const decoder = new m.Decoder();
+      return { encode: (obj) => encoder.encode(obj), decode: (bytes) => decoder.decode(bytes) };
+    });
+    msgpackLoaded.catch(() => { msgpackLoaded = null; }); // a failed load is retried next connect
+  }
+  return msgpackLoaded;
+}
+
 function defaultUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   return `${proto}//${location.host}/ws`;
@@ -95,6 +115,8 @@ export class GiftdClient {
    * @param {object} opts
    * @param {string|function} opts.token  a token, or ({failures}) => token | Promise<token>
    * @param {string} [opts.url]           ws(s)://host/ws (default: this page's host)
+   * @param {"json"|"msgpack"} [opts.format="json"]  the wire format: giftd.json text frames
+   *                                      or giftd.msgpack binary frames
    * @param {number} [opts.reconnectBaseMs=500]  first back-off
    * @param {number} [opts.reconnectMaxMs=10000] back-off cap
    * @param {number} [opts.heartbeatMs=15000]    ping period; no frame for 2 periods closes the socket
@@ -107,8 +129,12 @@ export class GiftdClient {
       reconnectMaxMs: 10000,
       heartbeatMs: 15000,
       sendTimeoutMs: 30000,
+      format: "json",
       ...opts,
     };
+    if (!(this.opts.format in SUBPROTOCOLS)) throw new Error(`giftd: unknown format '${this.opts.format}'`);
+    this.format = this.opts.format;
+    this._codec = null; // {encode, decode} for msgpack, once loaded
     this.ws = null;
     this.state = "idle";
     this.room = null; // the room we want to be in (re-joined after a reconnect)
@@ -197,15 +223,25 @@ export class GiftdClient {
       this._scheduleReconnect(0, String(err && err.message ? err.message : err));
       return;
     }
+    if (this.format === "msgpack" && !this._codec) {
+      try {
+        this._codec = await loadMsgpack();
+      } catch (err) {
+        console.error("giftd: could not load the msgpack codec", err);
+        this._scheduleReconnect(0, "msgpack codec unavailable");
+        return;
+      }
+    }
     if (!this._wantOpen) return;
     const url = `${this.opts.url}?token=${encodeURIComponent(token || "")}`;
     let ws;
     try {
-      ws = new WebSocket(url, [SUBPROTOCOL]);
+      ws = new WebSocket(url, [SUBPROTOCOLS[this.format]]);
     } catch (err) {
       this._scheduleReconnect(0, String(err));
       return;
     }
+    ws.binaryType = "arraybuffer"; // msgpack frames arrive as ArrayBuffers
     this.ws = ws;
     this.joined = false;
     let opened = false;
@@ -223,15 +259,14 @@ export class GiftdClient {
     };
     ws.onmessage = (e) => {
       this._lastFrameAt = Date.now();
-      if (typeof e.data !== "string") return; // JSON only; msgpack frames are binary
       let msg;
       try {
-        msg = JSON.parse(e.data);
+        msg = this._decode(e.data);
       } catch {
         console.warn("giftd: undecodable frame");
         return;
       }
-      this._dispatch(msg);
+      if (msg && typeof msg === "object") this._dispatch(msg);
     };
     ws.onclose = (e) => {
       if (this.ws !== ws) return; // an old socket
@@ -293,8 +328,15 @@ export class GiftdClient {
 
   _send(msg) {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
-    this.ws.send(JSON.stringify(msg));
+    this.ws.send(this._codec ? this._codec.encode(msg) : JSON.stringify(msg));
     return true;
+  }
+
+  /** One frame's payload to an object: text frames are JSON, binary frames msgpack. */
+  _decode(data) {
+    if (typeof data === "string") return JSON.parse(data);
+    if (!this._codec) throw new Error("a binary frame on a JSON connection");
+    return this._codec.decode(new Uint8Array(data));
   }
 
   // --- rooms and gifts ----------------------------------------------------

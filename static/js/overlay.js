@@ -11,6 +11,7 @@ const TOKEN = params.get("token") || "";
 const TOP_N = Math.max(1, Math.min(10, parseInt(params.get("top") || "5", 10) || 5));
 const BOARD = params.get("board") === "fans" ? "fans" : "room";
 const SPAN = ["day", "week", "month"].includes(params.get("span")) ? params.get("span") : "day";
+const FORMAT = params.get("format") === "msgpack" ? "msgpack" : "json"; // the wire format (giftd.json by default)
 const STACK_MAX = 6; // cheap gifts shown at once; older ones leave first
 const CARD_LIFE_MS = 5000; // a stacked card (or banner) stays this long after its last update
 const COMBO_END_LINGER_MS = 1500; // after a streak ends its card stays this long
@@ -208,7 +209,7 @@ function renderPk(pk) {
     const left = Math.max(0, Math.ceil(((until || now) - now) / 1000));
     $("pk-timer").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
     let phase = "PK";
-    if (pk.state === "running" && pk.multiplier_from_ms && now >= pk.multiplier_from_ms) phase = `×${pk.multiplier} time!`;
+    if (pk.state === "running" && pk.multiplier > 1 && pk.multiplier_from_ms && now >= pk.multiplier_from_ms) phase = `×${pk.multiplier} time!`;
     if (pk.state === "punish") {
       const won = (pk.winner === "a" && weA) || (pk.winner === "b" && !weA);
       phase = pk.winner === "draw" ? "Draw" : won ? "We won!" : "We lost";
@@ -251,7 +252,8 @@ async function boot() {
     problem("Could not tell which room this overlay is for; add &room=<room id> to its URL.");
     return;
   }
-  const client = new GiftdClient({ token: TOKEN, reconnectBaseMs: 300, reconnectMaxMs: 3000 });
+  const client = new GiftdClient({ token: TOKEN, format: FORMAT, reconnectBaseMs: 300, reconnectMaxMs: 3000 });
+  document.body.dataset.format = FORMAT;
   window.giftdOverlay = { client, state }; // for tests and debugging
   client.on("state", (s) => {
     if (s.state !== "open") state.joined = false;
