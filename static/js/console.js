@@ -35,7 +35,7 @@ function addFeed(ev) {
   const li = h("li", { class: `feed-item tier-${ev.tier || 1}`, dataset: { gift: ev.gift, count: String(count), comboId: ev.combo_id || "" } },
     h("span", { class: "gift-icon", "aria-hidden": "true" }, iconFor(ev)),
     h("span", { class: "grow" }, h("strong", {}, ev.sender ? ev.sender.name : "someone"), " sent ", ev.gift_name || ev.gift, " ",
-      h("span", { class: "combo" }, `×${fmt.format(count)}`), ev.pk ? h("span", { class: "muted" }, ` (+${fmt.format(ev.pk.points)} PK)`) : ""),
+      h("span", { class: "combo" }, ev.kind === "tip" && count === 1 ? "" : `×${fmt.format(count)}`), ev.pk ? h("span", { class: "muted" }, ` (+${fmt.format(ev.pk.points)} PK)`) : ""),
     h("span", { class: "num" }, `+${coins(ev.combo_value || ev.value_coins)}`),
     h("time", { class: "muted", datetime: when.toISOString() }, timeFmt.format(when)));
   if (ev.combo_id) state.combos.set(ev.combo_id, li);
@@ -96,8 +96,13 @@ function renderPk(pk) {
   const box = $("pk");
   if (!pk || (pk.state !== "running" && pk.state !== "punish")) {
     box.hidden = true;
+    // a battle that is over leaves no "waiting…" or "on" line behind (declines/expiries keep theirs)
+    if (!pk && ["pending", "ok"].includes($("pk-status").dataset.kind)) flash($("pk-status"), "");
     return;
   }
+  const rival = state.roomNames.get(pk.room_a === mine ? pk.room_b : pk.room_a) || "";
+  const line = pk.state === "running" ? `PK battle against ${rival} is on.` : `The round against ${rival} is over; punishment time.`;
+  if ($("pk-status").textContent !== line) flash($("pk-status"), line, "ok"); // announced once
   box.hidden = false;
   const weA = pk.room_a === mine;
   const us = (weA ? pk.score_a : pk.score_b) || 0;
@@ -117,7 +122,7 @@ function renderPk(pk) {
     setText("pk-timer", `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left`);
     setText("pk-phase", pk.state === "punish"
       ? (pk.winner === "draw" ? "Draw" : ((pk.winner === "a") === weA ? "You won!" : "You lost"))
-      : (pk.multiplier_from_ms && now >= pk.multiplier_from_ms ? `×${pk.multiplier} points now` : "PK battle"));
+      : (pk.multiplier > 1 && pk.multiplier_from_ms && now >= pk.multiplier_from_ms ? `×${pk.multiplier} points now` : "PK battle"));
   };
   tick();
   pkTimer = setInterval(tick, 500);
@@ -237,7 +242,12 @@ client.on("session_start", (ev) => {
 client.on("pk", ({ pk }) => renderPk(pk));
 client.on("pk_declined", () => flash($("pk-status"), "The invitation was declined.", "warn"));
 client.on("pk_expired", () => flash($("pk-status"), "The invitation expired unanswered.", "warn"));
-client.on("pk_result", (ev) => addNote(`PK over: ${fmt.format(ev.score_a)} : ${fmt.format(ev.score_b)}${ev.winner === "draw" ? " (draw)" : ""}.`));
+client.on("pk_result", (ev) => {
+  const weA = ev.room_a === state.room;
+  const [us, them] = weA ? [ev.score_a, ev.score_b] : [ev.score_b, ev.score_a];
+  const how = ev.winner === "draw" ? "a draw" : (ev.winner === "a") === weA ? "you won" : "you lost";
+  addNote(`PK over: ${how} (${fmt.format(us)} : ${fmt.format(them)}).`);
+});
 client.on("rank", () => { if (state.tab === "room") renderTop(); });
 client.on("board", (b) => { if (b.span === "day") { state.fansDay = b; if (state.tab === "day") renderTop(); } });
 client.on("viewers", ({ viewers }) => setText("viewers", fmt.format(viewers)));

@@ -106,7 +106,7 @@ async function sendCustom(e) {
   }
   flash($("send-status"), `Tipping ${coins(amount)}…`, "pending");
   const answer = await client.sendGift("tip_custom", 1, { amount });
-  const d = describe(answer, `a tip of ${coins(amount)}`, amount);
+  const d = describe(answer, "a custom tip", amount);
   flash($("send-status"), d.text, d.kind);
 }
 
@@ -117,13 +117,18 @@ function renderBalance(balance) {
   renderAffordability();
 }
 
+/** "×N" for a gift or a streak; nothing for a single tip (its amount says it all). */
+function countLabel(ev, count) {
+  return ev.kind === "tip" && count === 1 ? "" : `×${fmt.format(count)}`;
+}
+
 function addFeed(ev) {
   const feed = $("feed");
   const mine = state.me && ev.sender && ev.sender.id === state.me.id;
   const existing = ev.combo_id && state.combos.get(ev.combo_id);
   const count = ev.combo_count || ev.count;
   if (existing && existing.isConnected) { // a streak: one line with a growing counter
-    existing.querySelector(".combo").textContent = `×${fmt.format(count)}`;
+    existing.querySelector(".combo").textContent = countLabel(ev, count);
     existing.querySelector(".num").textContent = coins(ev.combo_value || ev.value_coins);
     feed.prepend(existing);
     return;
@@ -132,7 +137,7 @@ function addFeed(ev) {
   const li = h("li", { class: `feed-item tier-${ev.tier || 1}${mine ? " mine" : ""}`, dataset: { gift: ev.gift, seq: String(ev.seq) } },
     h("span", { class: "gift-icon", "aria-hidden": "true" }, iconFor(ev)),
     h("span", { class: "grow" }, h("strong", {}, ev.sender ? ev.sender.name : "someone"), mine ? " (you)" : "",
-      " sent ", ev.gift_name || ev.gift, " ", h("span", { class: "combo" }, `×${fmt.format(count)}`)),
+      " sent ", ev.gift_name || ev.gift, " ", h("span", { class: "combo" }, countLabel(ev, count))),
     h("span", { class: "num" }, coins(ev.combo_value || ev.value_coins)),
     h("time", { class: "muted", datetime: when.toISOString() }, timeFmt.format(when)));
   if (ev.combo_id) state.combos.set(ev.combo_id, li);
@@ -203,7 +208,7 @@ function renderPk(pk) {
     const left = Math.max(0, Math.ceil(((until || now) - now) / 1000));
     setText("pk-timer", `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left`);
     let phase = "PK battle";
-    if (pk.state === "running" && pk.multiplier_from_ms && now >= pk.multiplier_from_ms) phase = `×${pk.multiplier} points now!`;
+    if (pk.state === "running" && pk.multiplier > 1 && pk.multiplier_from_ms && now >= pk.multiplier_from_ms) phase = `×${pk.multiplier} points now!`;
     if (pk.state === "punish") phase = pk.winner === "draw" ? "Draw" : ((pk.winner === "a") === weA ? "We won!" : "We lost");
     setText("pk-phase", phase);
   };
