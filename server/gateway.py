@@ -120,7 +120,8 @@ class Session:
         s = ctx.settings
         self.limits = Limits(s.frame_bytes_max, s.gift_count_max, s.client_id_chars_max,
                              s.custom_tip_min_coins, s.custom_tip_max_coins)
-        self.in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT_MAX)
+        # made on the first send: most connections only watch (memory per viewer)
+        self.in_flight: asyncio.Semaphore | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         now = time.monotonic()
         self.bucket = TokenBucket(s.send_rate_per_s, s.send_burst, now)
@@ -128,6 +129,11 @@ class Session:
         self.joined_once = False
         self._join_timer = asyncio.get_running_loop().call_later(
             s.join_timeout_s, self._join_timeout)
+
+    def _joined(self) -> None:
+        if not self.joined_once:
+            self.joined_once = True
+            self._join_timer.cancel()  # one timer handle less per watching viewer
 
     def _join_timeout(self) -> None:
         if not self.joined_once:
@@ -168,16 +174,18 @@ class Session:
                         self.conn.send({**exc.as_message(),
                                         "retry_after_ms": math.ceil(wait_s * 1000)})
                         continue
+                    if self.in_flight is None:
+                        self.in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT_MAX)
                     await self.in_flight.acquire()
                     task = asyncio.create_task(self.send_gift(parsed))
                     self.tasks.add(task)
                     task.add_done_callback(self._send_done)
                 elif isinstance(parsed, Join):
                     await self.join(parsed)
-                    self.joined_once = True
+                    self._joined()
                 elif isinstance(parsed, Subscribe):
                     await self.subscribe(parsed)
-                    self.joined_once = True  # a board widget need not join a room
+                    self._joined()  # a board widget need not join a room
                 elif isinstance(parsed, Ping):
                     self.conn.send({"type": "pong", "nonce": parsed.nonce})
             except ProtocolError as exc:
@@ -186,7 +194,8 @@ class Session:
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self.in_flight.release()
+        if self.in_flight is not None:
+            self.in_flight.release()
 
     async def join(self, msg: Join) -> None:
         ctx = self.ctx
