@@ -36,7 +36,8 @@ function barChart(svg, points, { label = (p) => p.label, value = (p) => p.value,
   const W = 560, H = 200, L = 48, B = 24, T = 10;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.replaceChildren();
-  const max = Math.max(1, ...points.map(value));
+  // A top a multiple of 4, so the 5 grid labels are whole, distinct numbers.
+  const max = Math.max(4, Math.ceil(Math.max(0, ...points.map(value)) / 4) * 4);
   const step = (W - L - 8) / Math.max(1, points.length);
   for (let i = 0; i <= 4; i++) {
     const y = T + (H - B - T) * (i / 4);
