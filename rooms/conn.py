@@ -80,17 +80,18 @@ class Conn:
         """Write one complete WebSocket frame. False if the viewer is gone or was dropped."""
         if self.closed:
             return False
-        if self._proto.close_sent or self._transport.is_closing():
+        transport = self._transport
+        if transport.is_closing() or self._proto.close_sent:
             self.closed = True
             return False
         # Behind = still holding more than the budget from earlier frames. (A
         # single frame larger than the budget is fine for a viewer who reads;
         # memory per viewer stays within budget + one frame.)
-        if self._transport.get_write_buffer_size() > self.outbound_bytes_max:
+        if transport.get_write_buffer_size() > self.outbound_bytes_max:
             self.slow = True
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return False
-        self._transport.write(frame)
+        transport.write(frame)
         return True
 
     def send(self, msg: dict[str, Any]) -> bool:

@@ -223,6 +223,9 @@ class Hub:
         seq = room.broadcast_seq
         frames: dict[WireFormat, bytes] = {}
         dead: list[int] = []
+        written = 0
+        # The hot loop of a surge: one prebuilt frame per wire format, written to
+        # every member; keep per-member work to a dict lookup and one call.
         for conn in room.members.values():
             frame = frames.get(conn.fmt)
             if frame is None:
@@ -234,12 +237,13 @@ class Hub:
                                                 viewers, seq)
                 frame = frames[conn.fmt] = ws_frame(payload, conn.fmt)
             if conn.write_frame(frame):
-                self.frames_written += 1
-                self.events_delivered += logical
+                written += 1
             else:
                 dead.append(conn.id)
                 if conn.slow:
                     self.slow_closes += 1
+        self.frames_written += written
+        self.events_delivered += written * logical
         if chunk and earnings_delta:
             feed = {"type": "earnings", "room": room.id, "room_total": room.room_total,
                     "delta_coins": earnings_delta, "gifts": gifts_in_chunk, "seq": seq}
