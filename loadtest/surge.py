@@ -1013,7 +1013,10 @@ async def run(cfg: Config, wk: Workers, tmp: Path) -> int:
             m0 = await asyncio.to_thread(scrape_metrics, base)
             spy = None
             if cfg.profile and name == sched.phases()[-1][0]:
-                spy = await start_profile(gpid, max(1.0, b - a - 2), tmp / "giftd.folded")
+                # with --workers the supervisor idles: profile the first worker
+                target = tree_pids(gpid)[1] if cfg.workers > 1 and len(tree_pids(gpid)) > 1 \
+                    else gpid
+                spy = await start_profile(target, max(1.0, b - a - 2), tmp / "giftd.folded")
             await asyncio.sleep(max(0.0, t0 + b - time.time()))
             c1 = cpu_snap(named)
             s1 = sum_snaps(await wk.ask("snap"))
@@ -1057,7 +1060,9 @@ async def run(cfg: Config, wk: Workers, tmp: Path) -> int:
             caught_up = all(mins[r] == final_seqs[r] for r in ROOMS)
             if lag_ok_at is None and rep.series and rep.series[-1]["t"] > sched.duration_s:
                 last = rep.series[-1]
-                if last["flush_lag_ms"] < FLUSH_LAG_TARGET_MS:
+                # giftd_flush_lag_ms keeps the last batch's value while the stream is
+                # empty (billing/flusher.py sets it per flushed batch): empty = caught up
+                if last["flush_lag_ms"] < FLUSH_LAG_TARGET_MS or last["xlen"] == 0:
                     lag_ok_at = last["t"] - sched.duration_s
             if (pending == 0 and caught_up and time.monotonic() - stable_since > 4.0
                     and lag_ok_at is not None):
