@@ -5,6 +5,7 @@ Errors are JSON `{"code": ..., "message": ...}` with a stable code.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -269,10 +270,14 @@ async def metrics(request: Request) -> Response:
     m.send_queue.set(ctx.sender.queued())
     try:
         m.ledger_backlog.set(await ctx.redis.xlen(keys.LEDGER_STREAM))
+        # Lag = age of the oldest unflushed debit now (0 when the stream is empty),
+        # whichever process's flusher is behind.
+        oldest = cast(Any, await ctx.redis.xrange(keys.LEDGER_STREAM, count=1))
+        oldest_ms = int(oldest[0][0].split(b"-")[0]) if oldest else None
+        m.flush_lag_ms.set(0 if oldest_ms is None else max(0, int(time.time() * 1000)
+                                                             - oldest_ms))
     except Exception:
         pass
-    if ctx.flusher is not None:
-        m.flush_lag_ms.set(ctx.flusher.last_flush_lag_ms)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -26,5 +26,5 @@ class Metrics:
                                 registry=r)
         self.ledger_backlog = Gauge("giftd_ledger_backlog", "unflushed debits in the "
                                     "write-behind stream", registry=r)
-        self.flush_lag_ms = Gauge("giftd_flush_lag_ms", "age of the oldest entry of the last "
-                                  "flushed batch", registry=r)
+        self.flush_lag_ms = Gauge("giftd_flush_lag_ms", "age of the oldest unflushed debit "
+                                  "in the write-behind stream (0 when it is empty)", registry=r)

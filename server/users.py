@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
@@ -43,7 +44,9 @@ async def create_user(conn: Db, *, username: str, password: str,
                       display_name: str = "", role: Role = Role.VIEWER) -> Principal:
     display_name = display_name or username
     validate_registration(username, password, display_name)
-    pw_hash = hash_password(password)
+    # argon2 takes ~100+ ms of CPU on purpose: off the event loop, or every
+    # viewer of this process waits for it.
+    pw_hash = await asyncio.to_thread(hash_password, password)
     async with conn.transaction():
         try:
             uid = await conn.fetchval(
@@ -67,7 +70,8 @@ async def authenticate(conn: Db | asyncpg.Pool, username: str,
     row = await conn.fetchrow(
         "SELECT id, display_name, password_hash, role FROM users WHERE username = $1", username
     )
-    if row is None or not verify_password(row["password_hash"], password):
+    if row is None or not await asyncio.to_thread(verify_password, row["password_hash"],
+                                                  password):
         raise UserError("bad_credentials", "wrong username or password")
     return Principal(row["id"], row["display_name"], Role(row["role"]))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from redis.asyncio import Redis
 
@@ -99,3 +101,23 @@ async def test_database_refuses_unbalanced_and_changed_entries(pool: asyncpg.Poo
             await conn.execute("TRUNCATE postings CASCADE")
         with pytest.raises(asyncpg.CheckViolationError):  # a float or zero amount cannot sneak in
             await conn.execute("INSERT INTO postings VALUES ($1, 'channel_clearing', 0)", eid)
+
+
+async def test_flush_lag_metric_is_the_oldest_unflushed_debit(
+        redis: Redis, pool: asyncpg.Pool, redis_url: str, database_url: str) -> None:
+    import re
+
+    import httpx
+
+    from tests.support import serving
+
+    async with serving(redis_url, database_url) as srv:
+        await send_roses(redis, pool, 5)
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=srv.base) as http:
+            text = (await http.get("/metrics")).text
+            lag = float(re.search(r"^giftd_flush_lag_ms (\S+)$", text, re.M).group(1))
+            assert lag >= 250  # five debits waiting ~0.3 s (the test server has no flusher)
+            await Flusher(redis, pool, consumer="t").run_until_drained()
+            text = (await http.get("/metrics")).text
+            assert re.search(r"^giftd_flush_lag_ms 0\.0$", text, re.M)  # empty: no lag

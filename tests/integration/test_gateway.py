@@ -253,3 +253,29 @@ async def test_a_burst_of_joins_waits_for_redis_instead_of_failing(
     joined = await asyncio.gather(*(c.join(room) for c in clients))
     assert [j["type"] for j in joined] == ["joined"] * 160
     await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_password_hashing_does_not_stall_the_event_loop(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    """argon2 runs in a thread: other connections keep being served meanwhile."""
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(0.005)
+            now = asyncio.get_running_loop().time()
+            gaps.append(now - last)
+            last = now
+
+    t = asyncio.create_task(ticker())
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        for i in range(3):
+            r = await http.post("/api/register", json={"username": f"slowhash{i}",
+                                                        "password": "longpassword"})
+            assert r.status_code == 201
+            assert (await http.post("/api/login", json={"username": f"slowhash{i}",
+                                    "password": "longpassword"})).status_code == 200
+    t.cancel()
+    # each hash is ~100 ms of CPU; on the loop it would show up as a gap that long
+    assert max(gaps) < 0.08, f"the loop stalled for {max(gaps) * 1000:.0f} ms"
