@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import math
 import os
@@ -76,6 +75,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 import websockets  # noqa: E402
 from bench_spine import OWNED, ROOM, SECRET, log  # noqa: E402
+from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from billing.flusher import Flusher  # noqa: E402
@@ -155,7 +155,7 @@ class Table:
 # ==========================================================================
 
 
-class SioViewer(asyncio.Protocol):
+class SioViewer(FrameReader, asyncio.Protocol):
     """A Socket.IO viewer over engine.io's websocket transport, parsed in place."""
 
     __slots__ = ("buf", "close_code", "dups", "g", "gaps", "host", "last_seq", "need",
@@ -178,10 +178,7 @@ class SioViewer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t = transport  # type: ignore[assignment]
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.t.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.t.write(upgrade_request(self.host, self.path))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != 2:
@@ -209,43 +206,7 @@ class SioViewer(asyncio.Protocol):
                 return
         elif self.state == 2:
             return
-        now = time.time()
-        buf = self.buf
-        d: bytes | bytearray = data
-        if buf:
-            buf += data
-            if len(buf) < self.need:
-                return
-            d = buf
-        n = len(d)
-        pos = 0
-        need = 0
-        while n - pos >= 2:
-            ln = d[pos + 1] & 0x7F
-            h = 2
-            if ln == 126:
-                if n - pos < 4:
-                    break
-                ln = int.from_bytes(d[pos + 2:pos + 4], "big")
-                h = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(d[pos + 2:pos + 10], "big")
-                h = 10
-            end = pos + h + ln
-            if end > n:
-                need = end - pos
-                break
-            self._frame(d[pos] & 0x0F, d, pos + h, end, now)
-            if self.state == 2:
-                return
-            pos = end
-        if d is buf:
-            del buf[:pos]
-        elif pos < n:
-            buf += memoryview(d)[pos:]
-        self.need = need
+        self._feed(data, time.time())
 
     def _frame(self, op: int, d: bytes | bytearray, s: int, e: int, now: float) -> None:
         g = self.g

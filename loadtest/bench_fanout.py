@@ -97,6 +97,7 @@ from bench_spine import (  # noqa: E402
     start_profile,
     summarize_profile,
 )
+from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from server import keys  # noqa: E402
@@ -174,7 +175,7 @@ def _raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class Viewer(asyncio.Protocol):
+class Viewer(FrameReader, asyncio.Protocol):
     """One viewer socket: HTTP upgrade, join, then count and check tick frames."""
 
     __slots__ = ("buf", "close_code", "dups", "first_seq", "gaps", "host", "join_tries",
@@ -203,11 +204,7 @@ class Viewer(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t = transport  # type: ignore[assignment]
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.t.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                      "Sec-WebSocket-Protocol: giftd.json\r\n\r\n").encode())
+        self.t.write(upgrade_request(self.host, self.path, "giftd.json"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != 2:
@@ -238,45 +235,7 @@ class Viewer(asyncio.Protocol):
                 return
         elif self.state == 2:
             return
-        now = time.time()
-        # Frames are read in place (offsets into `d`), never sliced out: at
-        # hundreds of MB/s the copies are what would load the load generator.
-        buf = self.buf
-        d: bytes | bytearray = data
-        if buf:
-            buf += data
-            if len(buf) < self.need:
-                return
-            d = buf
-        n = len(d)
-        pos = 0
-        need = 0
-        while n - pos >= 2:
-            ln = d[pos + 1] & 0x7F
-            h = 2
-            if ln == 126:
-                if n - pos < 4:
-                    break
-                ln = int.from_bytes(d[pos + 2:pos + 4], "big")
-                h = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(d[pos + 2:pos + 10], "big")
-                h = 10
-            end = pos + h + ln
-            if end > n:
-                need = end - pos
-                break
-            self._frame(d[pos] & 0x0F, d, pos + h, end, now)
-            if self.state == 2:
-                return
-            pos = end
-        if d is buf:
-            del buf[:pos]
-        elif pos < n:
-            buf += memoryview(d)[pos:]
-        self.need = need
+        self._feed(data, time.time())
 
     # -- frames -----------------------------------------------------------
     def _frame(self, op: int, d: bytes | bytearray, s: int, e: int, now: float) -> None:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import math
 import multiprocessing as mp
@@ -99,6 +98,7 @@ from bench_spine import (  # noqa: E402
     start_profile,
     summarize_profile,
 )
+from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 import server.users as users_mod  # noqa: E402
@@ -176,7 +176,7 @@ class Schedule:
 # the load generator: one process, many connections on one uvloop
 # --------------------------------------------------------------------------
 
-class Conn(asyncio.Protocol):
+class Conn(FrameReader, asyncio.Protocol):
     """One WebSocket: upgrade, join, check every tick frame; a gifter also sends."""
 
     def __init__(self, w: Worker, host: str, path: str, room: str, sample: bool,
@@ -202,11 +202,7 @@ class Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t: asyncio.Transport = transport  # type: ignore[assignment]
         self.t = t
-        key = base64.b64encode(os.urandom(16)).decode()
-        t.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                      f"Sec-WebSocket-Protocol: giftd.{self.w.wire}\r\n\r\n").encode())
+        t.write(upgrade_request(self.host, self.path, f"giftd.{self.w.wire}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != 2:
@@ -235,41 +231,7 @@ class Conn(asyncio.Protocol):
                 return
         elif self.state == 2:
             return
-        now = time.time()
-        buf = self.buf
-        d: bytes | bytearray = data
-        if buf:
-            buf += data
-            if len(buf) < self.need:
-                return
-            d = buf
-        n, pos, need = len(d), 0, 0
-        while n - pos >= 2:
-            ln = d[pos + 1] & 0x7F
-            h = 2
-            if ln == 126:
-                if n - pos < 4:
-                    break
-                ln = int.from_bytes(d[pos + 2:pos + 4], "big")
-                h = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(d[pos + 2:pos + 10], "big")
-                h = 10
-            end = pos + h + ln
-            if end > n:
-                need = end - pos
-                break
-            self._frame(d[pos] & 0x0F, d, pos + h, end, now)
-            if self.state == 2:
-                return
-            pos = end
-        if d is buf:
-            del buf[:pos]
-        elif pos < n:
-            buf += memoryview(d)[pos:]
-        self.need = need
+        self._feed(data, time.time())
 
     # -- frames -----------------------------------------------------------
     def _send_obj(self, obj: dict[str, Any]) -> None:
