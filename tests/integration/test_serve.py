@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import psutil
+import pytest
 import websockets
 from redis.asyncio import Redis
 
@@ -43,11 +46,31 @@ def children(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-async def test_serve_embedded_demo_restart_and_clean_stop(tmp_path: Path) -> None:
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a failing test must not leave behind, with their embedded servers."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            try:
+                kids = psutil.Process(p.pid).children(recursive=True)
+            except psutil.Error:
+                kids = []
+            p.kill()
+            p.wait()
+            for k in kids:
+                with contextlib.suppress(psutil.Error):
+                    k.kill()
+
+
+async def test_serve_embedded_demo_restart_and_clean_stop(
+        tmp_path: Path, reaper: list[subprocess.Popen[bytes]]) -> None:
     var = tmp_path / "var"
     os.chmod(tmp_path, 0o755)
     port = free_port()
     proc = serve(var, port)
+    reaper.append(proc)
     await wait_up(port, proc)
     kids = children(proc.pid)
     names = {k.name() for k in kids}
@@ -58,6 +81,7 @@ async def test_serve_embedded_demo_restart_and_clean_stop(tmp_path: Path) -> Non
     assert conf["appendonly"] == "yes" and conf["appendfsync"] == "always"  # the default mode
     # a second serve on the same data dir is refused, not a fight over the servers
     second = serve(var, free_port())
+    reaper.append(second)
     assert second.wait(timeout=60) == 1
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         page = await http.get("/")
@@ -87,6 +111,7 @@ async def test_serve_embedded_demo_restart_and_clean_stop(tmp_path: Path) -> Non
     # restart on the same data: the balance and the flushed ledger row are still there
     port2 = free_port()
     proc = serve(var, port2)
+    reaper.append(proc)
     await wait_up(port2, proc)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port2}") as http:
         login = (await http.post("/api/login", json={"username": "ann",
