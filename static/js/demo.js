@@ -3,6 +3,7 @@
 // All data reaches the DOM as text nodes (textContent); never as HTML.
 
 import { GiftdClient } from "./giftd.js";
+import { $, api, fmt, h, setText, timeFmt } from "./ui.js";
 
 const COUNTS = [1, 10, 66, 99];
 const FEED_MAX = 50;
@@ -12,31 +13,6 @@ const params = new URLSearchParams(location.search);
 const AS = (params.get("as") || "ann").trim().toLowerCase();
 const ROOM = (params.get("room") || "aurora").trim().toLowerCase();
 
-const fmt = new Intl.NumberFormat();
-const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-
-const $ = (id) => document.getElementById(id);
-
-/** createElement with text children; attributes are set as attributes, never parsed. */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === false || v === null || v === undefined) continue;
-    if (k === "class") el.className = v;
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else el.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of children) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-function setText(id, text) {
-  $(id).textContent = text;
-}
 
 // --- state -------------------------------------------------------------------
 const state = {
@@ -305,31 +281,13 @@ function renderSwitch(users, rooms) {
 }
 
 // --- boot ----------------------------------------------------------------------------
-async function getJson(url, init) {
-  const res = await fetch(url, init);
-  let body = null;
-  try {
-    body = await res.json();
-  } catch {
-    /* not JSON */
-  }
-  if (!res.ok) {
-    const err = new Error((body && body.message) || `${url}: HTTP ${res.status}`);
-    err.code = body && body.code;
-    err.status = res.status;
-    throw err;
-  }
-  return body;
-}
-
 let demo = null;
 let token = null;
 
 async function login() {
-  const body = await getJson("/api/login", {
+  const body = await api("/api/login", {
     method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ username: AS, password: demo.password }),
+    body: { username: AS, password: demo.password },
   });
   token = body.token;
   state.me = body.user;
@@ -389,7 +347,7 @@ async function boot() {
   renderCounts();
   renderRanking([]);
   try {
-    demo = await getJson("/api/demo");
+    demo = await api("/api/demo");
   } catch (err) {
     renderConn({ state: "closed" });
     showNotice(err.status === 404
@@ -398,8 +356,8 @@ async function boot() {
     return;
   }
   const [catalog, rooms] = await Promise.all([
-    getJson("/api/gifts"),
-    getJson("/api/rooms").catch(() => ({ rooms: [] })),
+    api("/api/gifts"),
+    api("/api/rooms").catch(() => ({ rooms: [] })),
   ]);
   renderSwitch(demo.users, rooms.rooms || []);
   for (const g of catalog.gifts) state.gifts.set(g.code, g);
@@ -413,7 +371,7 @@ async function boot() {
   }
   setText("me-name", state.me.name);
   setText("me-role", state.me.role);
-  getJson("/api/me/balance", { headers: { authorization: `Bearer ${token}` } })
+  api("/api/me/balance", { token })
     .then((b) => { if (state.balance === null) renderBalance(b.balance); })
     .catch(() => {}); // the room snapshot brings the balance too
   client.connect();
