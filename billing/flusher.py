@@ -145,7 +145,6 @@ class Flusher:
         self.claim_idle_ms = claim_idle_ms
         self.flushed = 0  # new rows written by this flusher
         self.batches = 0
-        self.last_flush_lag_ms = 0  # age of the oldest entry of the last batch at commit
         self._stop = asyncio.Event()
 
     async def ensure_group(self) -> None:
@@ -238,8 +237,6 @@ class Flusher:
                 new = await write_batch(conn, rows)
             self.flushed += new
             self.batches += 1
-            oldest_ms = int(ids[0].split(b"-")[0])
-            self.last_flush_lag_ms = max(0, int(time.time() * 1000) - oldest_ms)
             await self._ack(ids)
         return len(entries)
 

@@ -48,7 +48,6 @@ class BoardFeed:
         self.subs: dict[BoardId, dict[int, Conn]] = {}
         self.last: dict[BoardId, tuple[str, list[Entry]]] = {}  # (period, top N) last sent
         self._task: asyncio.Task[None] | None = None
-        self.pushes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="board-feed")
@@ -116,7 +115,6 @@ class BoardFeed:
             for conn in list(subs.values()):
                 if not conn.send(msg):
                     subs.pop(conn.id, None)
-            self.pushes += 1
 
     async def _run(self) -> None:
         while True:
