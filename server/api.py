@@ -267,6 +267,8 @@ async def metrics(request: Request) -> Response:
     m.deliveries.set(ctx.hub.events_delivered)
     m.slow_closes.set(ctx.hub.slow_closes)
     m.tick_lag_ms.set(ctx.hub.tick_lag_ms)
+    m.gaps_repaired.set(ctx.bus.gaps_repaired)
+    m.gaps_lost.set(ctx.hub.gaps_unrepaired)
     m.send_queue.set(ctx.sender.queued())
     try:
         m.ledger_backlog.set(await ctx.redis.xlen(keys.LEDGER_STREAM))

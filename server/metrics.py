@@ -20,6 +20,11 @@ class Metrics:
                                 registry=r)
         self.slow_closes = Gauge("giftd_slow_consumer_closes", "viewers dropped for falling "
                                  "behind (monotonic)", registry=r)
+        self.gaps_repaired = Gauge("giftd_room_gaps_repaired", "room event gaps filled from "
+                                   "history (monotonic)", registry=r)
+        self.gaps_lost = Gauge("giftd_room_gaps_unrepaired", "room event gaps history could "
+                               "not fill: events this process never delivered (monotonic)",
+                               registry=r)
         self.tick_lag_ms = Gauge("giftd_tick_lag_ms", "lateness of the last room tick",
                                  registry=r)
         self.send_queue = Gauge("giftd_send_queue", "sends waiting for a debit batch",
