@@ -3,7 +3,7 @@
 // starting a new broadcast session.
 
 import { GiftdClient } from "./giftd.js";
-import { $, api, coins, describeHttp, flash, fmt, h, iconFor, renderConn, setText, signIn, signOut, timeFmt } from "./ui.js";
+import { $, api, coins, describeHttp, flash, fmt, h, iconFor, renderConn, renderPkBar, setText, signIn, signOut, timeFmt } from "./ui.js";
 
 const FEED_MAX = 80;
 const TODAY_REFRESH_MS = 30_000;
@@ -104,28 +104,10 @@ function renderPk(pk) {
   const line = pk.state === "running" ? `PK battle against ${rival} is on.` : `The round against ${rival} is over; punishment time.`;
   if ($("pk-status").textContent !== line) flash($("pk-status"), line, "ok"); // announced once
   box.hidden = false;
-  const weA = pk.room_a === mine;
-  const us = (weA ? pk.score_a : pk.score_b) || 0;
-  const them = (weA ? pk.score_b : pk.score_a) || 0;
-  const other = weA ? pk.room_b : pk.room_a;
-  setText("pk-us", state.roomNames.get(mine) || mine);
-  setText("pk-them", state.roomNames.get(other) || other);
-  setText("pk-score-us", fmt.format(us));
-  setText("pk-score-them", fmt.format(them));
-  const share = us + them ? (us / (us + them)) * 100 : 50;
-  $("pk-a").style.width = `${share}%`;
-  $("pk-b").style.width = `${100 - share}%`;
-  const tick = () => {
-    const now = Date.now() + state.skewMs;
-    const until = pk.state === "running" ? pk.end_ms : pk.punish_end_ms;
-    const left = Math.max(0, Math.ceil(((until || now) - now) / 1000));
-    setText("pk-timer", `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left`);
-    setText("pk-phase", pk.state === "punish"
-      ? (pk.winner === "draw" ? "Draw" : ((pk.winner === "a") === weA ? "You won!" : "You lost"))
-      : (pk.multiplier > 1 && pk.multiplier_from_ms && now >= pk.multiplier_from_ms ? `×${pk.multiplier} points now` : "PK battle"));
-  };
-  tick();
-  pkTimer = setInterval(tick, 500);
+  pkTimer = renderPkBar(pk, mine, {
+    roomNames: state.roomNames, skewMs: state.skewMs,
+    words: { battle: "PK battle", won: "You won!", lost: "You lost", multiplier: (m) => `×${m} points now` },
+  });
 }
 
 async function invitePk(e) {

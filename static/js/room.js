@@ -4,7 +4,7 @@
 
 import { GiftdClient } from "./giftd.js";
 import {
-  $, api, coins, describe, describeHttp, flash, fmt, h, iconFor, idemKey, renderConn, setText, signIn, signOut, timeFmt,
+  $, api, coins, describe, describeHttp, flash, fmt, h, iconFor, idemKey, renderConn, renderPkBar, setText, signIn, signOut, timeFmt,
 } from "./ui.js";
 
 const COUNTS = [1, 10, 66, 99, 520, 1314];
@@ -191,29 +191,10 @@ function renderPk(pk) {
     return;
   }
   box.hidden = false;
-  const weA = pk.room_a === ROOM;
-  const us = (weA ? pk.score_a : pk.score_b) || 0;
-  const them = (weA ? pk.score_b : pk.score_a) || 0;
-  const other = weA ? pk.room_b : pk.room_a;
-  setText("pk-us", state.roomNames.get(ROOM) || ROOM);
-  setText("pk-them", state.roomNames.get(other) || other);
-  setText("pk-score-us", fmt.format(us));
-  setText("pk-score-them", fmt.format(them));
-  const share = us + them ? (us / (us + them)) * 100 : 50;
-  $("pk-a").style.width = `${share}%`;
-  $("pk-b").style.width = `${100 - share}%`;
-  const tick = () => {
-    const now = Date.now() + state.skewMs;
-    const until = pk.state === "running" ? pk.end_ms : pk.punish_end_ms;
-    const left = Math.max(0, Math.ceil(((until || now) - now) / 1000));
-    setText("pk-timer", `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left`);
-    let phase = "PK battle";
-    if (pk.state === "running" && pk.multiplier > 1 && pk.multiplier_from_ms && now >= pk.multiplier_from_ms) phase = `×${pk.multiplier} points now!`;
-    if (pk.state === "punish") phase = pk.winner === "draw" ? "Draw" : ((pk.winner === "a") === weA ? "We won!" : "We lost");
-    setText("pk-phase", phase);
-  };
-  tick();
-  pkTimer = setInterval(tick, 500);
+  pkTimer = renderPkBar(pk, ROOM, {
+    roomNames: state.roomNames, skewMs: state.skewMs,
+    words: { battle: "PK battle", won: "We won!", lost: "We lost", multiplier: (m) => `×${m} points now!` },
+  });
 }
 
 // --- recharge through a payment channel ----------------------------------------------------

@@ -253,3 +253,39 @@ export function flash(el, text, kind = "") {
   el.dataset.kind = kind;
   el.hidden = !text;
 }
+
+/**
+ * Fill the PK bar (#pk-us, #pk-them, #pk-score-*, #pk-a/#pk-b widths, #pk-timer,
+ * #pk-phase) for the room `mine`, and tick its timer every 0.5 s. Returns the
+ * interval id (clear it before the next render). `words` names the outcome from
+ * this page's point of view, e.g. {won: "We won!", lost: "We lost"}.
+ */
+export function renderPkBar(pk, mine, { roomNames, skewMs = 0, words }) {
+  const weA = pk.room_a === mine;
+  const us = (weA ? pk.score_a : pk.score_b) || 0;
+  const them = (weA ? pk.score_b : pk.score_a) || 0;
+  const other = weA ? pk.room_b : pk.room_a;
+  setText("pk-us", roomNames.get(mine) || mine);
+  setText("pk-them", roomNames.get(other) || other);
+  setText("pk-score-us", fmt.format(us));
+  setText("pk-score-them", fmt.format(them));
+  const share = us + them ? (us / (us + them)) * 100 : 50;
+  $("pk-a").style.width = `${share}%`;
+  $("pk-b").style.width = `${100 - share}%`;
+  const tick = () => {
+    const now = Date.now() + skewMs;
+    const until = pk.state === "running" ? pk.end_ms : pk.punish_end_ms;
+    const left = Math.max(0, Math.ceil(((until || now) - now) / 1000));
+    setText("pk-timer", `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left`);
+    let phase = words.battle;
+    if (pk.state === "running" && pk.multiplier > 1 && pk.multiplier_from_ms && now >= pk.multiplier_from_ms) {
+      phase = words.multiplier(pk.multiplier);
+    }
+    if (pk.state === "punish") {
+      phase = pk.winner === "draw" ? "Draw" : ((pk.winner === "a") === weA ? words.won : words.lost);
+    }
+    setText("pk-phase", phase);
+  };
+  tick();
+  return setInterval(tick, 500);
+}
