@@ -13,10 +13,9 @@ from typing import Any
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from billing import api as billing_api
@@ -28,17 +27,16 @@ from gifts.scripts import Scripts
 from gifts.sender import GiftSender
 from rooms.board_feed import BoardFeed
 from rooms.bus import RoomBus
-from rooms.conn import CaptureWsProtocol
 from rooms.directory import RoomDirectory
 from rooms.hub import Hub
 from rooms.names import NameCache
 from rooms.pk import Battles
 from server import admin_api, api, catalog_api, keys
 from server.context import Ctx
-from server.gateway import ws_endpoint
 from server.metrics import Metrics
 from server.ratelimit import UserBuckets
 from server.settings import Settings
+from server.websocket import Sweeper
 
 log = logging.getLogger("giftd.app")
 
@@ -171,7 +169,8 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
         await ctx.bus.start()
         tasks = [asyncio.create_task(_outbox_loop(ctx), name="credit-outbox"),
                  asyncio.create_task(_combo_end_loop(ctx), name="combo-ends"),
-                 asyncio.create_task(ctx.battles.run_ticks(), name="pk-ticks")]
+                 asyncio.create_task(ctx.battles.run_ticks(), name="pk-ticks"),
+                 asyncio.create_task(Sweeper(ctx).run(), name="ws-keepalive")]
         if settings.flusher_enabled:
             ctx.flusher = Flusher(redis, pool, consumer=f"flusher-{settings.node_id}",
                                   batch_max=settings.flush_batch_max,
@@ -237,11 +236,9 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             *billing_api.routes(),
             *admin_api.routes(),
             *catalog_api.routes(),
-            WebSocketRoute("/ws", ws_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(CaptureWsProtocol)],
         exception_handlers={api.ApiError: _api_error},  # type: ignore[dict-item]
     )
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 from redis.asyncio import Redis
@@ -21,8 +22,12 @@ from rooms.hub import Hub
 from rooms.names import NameCache
 from rooms.pk import Battles
 from server.metrics import Metrics
+from server.protocol import Limits
 from server.ratelimit import UserBuckets
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.gateway import Session
 
 log = logging.getLogger("giftd.ctx")
 
@@ -48,10 +53,19 @@ class Ctx:
     user_buckets: UserBuckets = field(default_factory=lambda: UserBuckets(50, 100))
     flusher: Flusher | None = None
     connections: dict[int, Conn] = field(default_factory=dict)  # every open /ws, by id
+    # sessions that have not joined a room (or subscribed to a board) yet: the
+    # keepalive sweep closes them after join_timeout_s
+    unjoined: dict[int, Session] = field(default_factory=dict)
     # overlay connections by streamer id, so a revocation can close them
     overlays: dict[int, dict[int, Conn]] = field(default_factory=dict)
 
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        # what an inbound frame may be (server/protocol.py), the same for every session
+        self.limits = Limits(s.frame_bytes_max, s.gift_count_max, s.client_id_chars_max,
+                             s.custom_tip_min_coins, s.custom_tip_max_coins)
 
     async def reload_catalog(self) -> None:
         from gifts.catalog_store import load_catalog

@@ -1,10 +1,12 @@
-"""The WebSocket gateway, /ws: authenticate, negotiate, then join and send gifts.
+"""The WebSocket gateway, /ws: authorize the handshake, then join and send gifts.
 
 Everything is refused before any room state is touched when the token or the
 Origin is wrong. Each inbound frame is size-capped, decoded and validated
 (server/protocol.py); a bad one gets an `error` with a stable code and never
 reaches Redis. Sends run concurrently per connection (at most
 `SENDS_IN_FLIGHT_MAX` at once), so a client may pipeline; acks carry the id.
+The socket (server/websocket.py) calls a `Session` per message; a watching
+viewer has no task of its own.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import orjson
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gifts.catalog import Gift
 from gifts.send_rule import Outcome
@@ -28,11 +31,9 @@ from rooms.conn import CLOSE_JOIN_TIMEOUT, Conn
 from rooms.resume import ResumePlan, plan_resume
 from server import keys
 from server.auth import AuthError, Principal, Role, verify_token
-from server.codec import negotiate
 from server.protocol import (
     CUSTOM_TIP,
     Join,
-    Limits,
     Ping,
     ProtocolError,
     SendGift,
@@ -47,7 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("giftd.gateway")
 
 RESUME_ATTEMPTS = 3  # history read vs. broadcast race: re-read at most this often
-SENDS_IN_FLIGHT_MAX = 64  # per connection; beyond this we stop reading its socket
+SENDS_IN_FLIGHT_MAX = 64  # per connection; later messages wait until one finishes
+MESSAGES_WAITING_MAX = 64  # per connection, behind a join or full sends; then we stop reading
 
 
 def origin_allowed(origin: str | None, host_header: str | None,
@@ -62,140 +64,199 @@ def origin_allowed(origin: str | None, host_header: str | None,
                                                   f"https://{host_header}")
 
 
-def _token_of(ws: WebSocket) -> str:
-    auth = ws.headers.get("authorization", "")
+class Refused(Exception):
+    """A handshake we answer with an HTTP error instead of 101."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _token_of(headers: Mapping[str, str], query: str) -> str:
+    auth = headers.get("authorization") or ""
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return ws.query_params.get("token", "")
+    return (parse_qs(query).get("token") or [""])[0]
 
 
-async def ws_endpoint(ws: WebSocket) -> None:
-    ctx: Ctx = ws.app.state.ctx
-    s = ctx.settings
-    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), s.allowed_origins):
-        await ws.send_denial_response(
-            JSONResponse({"code": "origin_not_allowed", "message": "origin not allowed"}, 403))
-        return
+def authorize(ctx: Ctx, headers: Mapping[str, str], query: str) -> Principal:
+    """Origin and token, checked before any room state exists for this socket."""
+    if not origin_allowed(headers.get("origin"), headers.get("host"),
+                          ctx.settings.allowed_origins):
+        raise Refused(403, "origin_not_allowed", "origin not allowed")
     try:
-        principal = verify_token(ctx.secret, _token_of(ws))
-        if principal.role is Role.OVERLAY:
-            current = int(await ctx.redis.get(keys.overlay_version(principal.user_id)) or 0)
-            if principal.overlay_version != current:
-                raise AuthError("token_revoked", "this overlay token was revoked")
+        return verify_token(ctx.secret, _token_of(headers, query))
     except AuthError as exc:
-        await ws.send_denial_response(
-            JSONResponse({"code": exc.code, "message": str(exc)}, 401))
-        return
-    except Exception as exc:  # Redis away during the overlay check
-        log.warning("handshake check failed: %r", exc)
-        await ws.send_denial_response(
-            JSONResponse({"code": "unavailable", "message": "try again shortly"}, 503))
-        return
-    fmt, subprotocol = negotiate(list(ws.scope.get("subprotocols", [])))
-    await ws.accept(subprotocol=subprotocol)
-    conn = Conn(ws, principal, fmt, s.outbound_bytes_max)
-    session = Session(ctx, conn)
-    if principal.role is Role.OVERLAY:
-        ctx.overlays.setdefault(principal.user_id, {})[conn.id] = conn
-    ctx.connections[conn.id] = conn
-    ctx.metrics.connections.inc()
+        raise Refused(401, exc.code, str(exc)) from None
+
+
+def needs_async_check(principal: Principal) -> bool:
+    return principal.role is Role.OVERLAY
+
+
+async def check_async(ctx: Ctx, principal: Principal) -> None:
+    """An overlay token must be of the streamer's current overlay version (revocation)."""
     try:
-        await session.run()
-    finally:
-        ctx.connections.pop(conn.id, None)
-        ctx.board_feed.drop(conn)
-        if principal.role is Role.OVERLAY:
-            ctx.overlays.get(principal.user_id, {}).pop(conn.id, None)
-        session._join_timer.cancel()
-        ctx.metrics.connections.dec()
-        await session.leave()
+        current = int(await ctx.redis.get(keys.overlay_version(principal.user_id)) or 0)
+    except Exception as exc:  # Redis away during the check
+        log.warning("handshake check failed: %r", exc)
+        raise Refused(503, "unavailable", "try again shortly") from None
+    if principal.overlay_version != current:
+        raise Refused(401, "token_revoked", "this overlay token was revoked")
+
+
+_running: set[asyncio.Task[None]] = set()  # the sessions' sends, joins and leaves
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(coro)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
 
 
 class Session:
-    """One connection's conversation."""
+    """One connection's conversation, driven by callbacks from its socket.
+
+    Messages are handled in arrival order. A `join` or `subscribe` runs as a
+    task and later messages wait behind it (a `gift` right after a `join` must
+    see the membership); sends run concurrently, at most `SENDS_IN_FLIGHT_MAX`
+    at once. Messages waiting are bounded by `MESSAGES_WAITING_MAX`: past it
+    the socket stops being read, so TCP pushes back on the client.
+    """
+
+    __slots__ = ("backlog", "bucket", "busy", "conn", "ctx", "gone", "in_flight", "joined_once",
+                 "opened_s", "user_bucket")
 
     def __init__(self, ctx: Ctx, conn: Conn) -> None:
         self.ctx = ctx
         self.conn = conn
-        s = ctx.settings
-        self.limits = Limits(s.frame_bytes_max, s.gift_count_max, s.client_id_chars_max,
-                             s.custom_tip_min_coins, s.custom_tip_max_coins)
-        # made on the first send: most connections only watch (memory per viewer)
-        self.in_flight: asyncio.Semaphore | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-        now = time.monotonic()
-        self.bucket = TokenBucket(s.send_rate_per_s, s.send_burst, now)
-        self.user_bucket = ctx.user_buckets.get(conn.principal.user_id, now)
+        self.opened_s = time.monotonic()
         self.joined_once = False
-        self._join_timer = asyncio.get_running_loop().call_later(
-            s.join_timeout_s, self._join_timeout)
-
-    def _joined(self) -> None:
-        if not self.joined_once:
-            self.joined_once = True
-            self._join_timer.cancel()  # one timer handle less per watching viewer
-
-    def _join_timeout(self) -> None:
-        if not self.joined_once:
-            self.conn.close(CLOSE_JOIN_TIMEOUT, "join a room first")
+        self.busy = False
+        self.gone = False
+        self.in_flight = 0
+        self.backlog: deque[bytes | str] | None = None  # made when first needed
+        # made on the first send: most connections only watch (memory per viewer)
+        self.bucket: TokenBucket | None = None
+        self.user_bucket: TokenBucket | None = None
+        ctx.connections[conn.id] = conn
+        ctx.unjoined[conn.id] = self
+        if conn.principal.role is Role.OVERLAY:
+            ctx.overlays.setdefault(conn.principal.user_id, {})[conn.id] = conn
+        ctx.metrics.connections.inc()
 
     @property
     def principal(self) -> Principal:
         return self.conn.principal
 
-    async def run(self) -> None:
-        ws = self.conn.ws
-        while True:
-            try:
-                msg = await ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes")
-            if data is None:
-                data = msg.get("text", "")
-            try:
-                parsed = parse(data, self.conn.fmt, self.limits)
-                if isinstance(parsed, SendGift) and self.principal.role is Role.OVERLAY:
-                    raise ProtocolError("read_only", "an overlay token cannot send gifts",
-                                        parsed.id)
-                if isinstance(parsed, SendGift):
-                    # Membership is decided now, in message order, not when the
-                    # send task gets to run (a `join` may follow right behind).
-                    if self.conn.room != parsed.room:
-                        raise ProtocolError("not_in_room", "join the room before sending to it",
-                                            parsed.id)
-                    wait_s = admit(self.bucket, self.user_bucket, time.monotonic())
-                    if wait_s:
-                        exc = ProtocolError("rate_limited", "too many sends; slow down",
-                                            parsed.id)
-                        self.ctx.metrics.errors.labels(exc.code).inc()
-                        self.conn.send({**exc.as_message(),
-                                        "retry_after_ms": math.ceil(wait_s * 1000)})
-                        continue
-                    if self.in_flight is None:
-                        self.in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT_MAX)
-                    await self.in_flight.acquire()
-                    task = asyncio.create_task(self.send_gift(parsed))
-                    self.tasks.add(task)
-                    task.add_done_callback(self._send_done)
-                elif isinstance(parsed, Join):
-                    await self.join(parsed)
-                    self._joined()
-                elif isinstance(parsed, Subscribe):
-                    await self.subscribe(parsed)
-                    self._joined()  # a board widget need not join a room
-                elif isinstance(parsed, Ping):
-                    self.conn.send({"type": "pong", "nonce": parsed.nonce})
-            except ProtocolError as exc:
-                self.ctx.metrics.errors.labels(exc.code).inc()
-                self.conn.send(exc.as_message())
+    # --- from the socket ---------------------------------------------------------
+    def on_message(self, data: bytes | str) -> None:
+        if self.busy or self.backlog or self.in_flight >= SENDS_IN_FLIGHT_MAX:
+            if self.backlog is None:
+                self.backlog = deque()
+            self.backlog.append(data)
+            if len(self.backlog) >= MESSAGES_WAITING_MAX:
+                self.conn.sock.pause_reading()
+            return
+        self._handle(data)
+
+    def on_close(self) -> None:
+        ctx = self.ctx
+        conn = self.conn
+        self.gone = True
+        self.backlog = None
+        ctx.connections.pop(conn.id, None)
+        ctx.unjoined.pop(conn.id, None)
+        ctx.board_feed.drop(conn)
+        if conn.principal.role is Role.OVERLAY:
+            ctx.overlays.get(conn.principal.user_id, {}).pop(conn.id, None)
+        ctx.metrics.connections.dec()
+        if not self.busy and conn.room is not None:  # else the running join leaves after it
+            _spawn(self.leave())
+
+    def join_timed_out(self) -> None:
+        self.ctx.unjoined.pop(self.conn.id, None)
+        self.conn.close(CLOSE_JOIN_TIMEOUT, "join a room first")
+
+    # --- handling, in order --------------------------------------------------------
+    def _drain(self) -> None:
+        backlog = self.backlog
+        while backlog and not self.busy and self.in_flight < SENDS_IN_FLIGHT_MAX \
+                and not self.gone:
+            self._handle(backlog.popleft())
+        if backlog is not None and len(backlog) < MESSAGES_WAITING_MAX and not self.gone:
+            self.conn.sock.resume_reading()
+
+    def _handle(self, data: bytes | str) -> None:
+        ctx = self.ctx
+        try:
+            parsed = parse(data, self.conn.fmt, ctx.limits)
+            if isinstance(parsed, SendGift):
+                self._start_send(parsed)
+            elif isinstance(parsed, Join):
+                self._run_in_order(self.join(parsed))
+            elif isinstance(parsed, Subscribe):
+                self._run_in_order(self.subscribe(parsed))
+            elif isinstance(parsed, Ping):
+                self.conn.send({"type": "pong", "nonce": parsed.nonce})
+        except ProtocolError as exc:
+            ctx.metrics.errors.labels(exc.code).inc()
+            self.conn.send(exc.as_message())
+
+    def _start_send(self, msg: SendGift) -> None:
+        if self.principal.role is Role.OVERLAY:
+            raise ProtocolError("read_only", "an overlay token cannot send gifts", msg.id)
+        # Membership is decided now, in message order, not when the send task
+        # gets to run (a `join` may follow right behind).
+        if self.conn.room != msg.room:
+            raise ProtocolError("not_in_room", "join the room before sending to it", msg.id)
+        now = time.monotonic()
+        s = self.ctx.settings
+        if self.bucket is None:
+            self.bucket = TokenBucket(s.send_rate_per_s, s.send_burst, now)
+        if self.user_bucket is None:
+            self.user_bucket = self.ctx.user_buckets.get(self.principal.user_id, now)
+        wait_s = admit(self.bucket, self.user_bucket, now)
+        if wait_s:
+            exc = ProtocolError("rate_limited", "too many sends; slow down", msg.id)
+            self.ctx.metrics.errors.labels(exc.code).inc()
+            self.conn.send({**exc.as_message(), "retry_after_ms": math.ceil(wait_s * 1000)})
+            return
+        self.in_flight += 1
+        _spawn(self.send_gift(msg)).add_done_callback(self._send_done)
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if self.in_flight is not None:
-            self.in_flight.release()
+        self.in_flight -= 1
+        if self.backlog:
+            self._drain()
+
+    def _run_in_order(self, step: Coroutine[Any, Any, None]) -> None:
+        self.busy = True
+        _spawn(self._in_order(step))
+
+    async def _in_order(self, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+            self._joined()
+        except ProtocolError as exc:
+            self.ctx.metrics.errors.labels(exc.code).inc()
+            self.conn.send(exc.as_message())
+        except Exception:
+            log.exception("session step failed")
+        finally:
+            self.busy = False
+        if self.gone:
+            await self.leave()  # the socket closed while we were joining
+        elif self.backlog:
+            self._drain()
+
+    def _joined(self) -> None:
+        if not self.joined_once:
+            self.joined_once = True
+            self.ctx.unjoined.pop(self.conn.id, None)
 
     async def join(self, msg: Join) -> None:
         ctx = self.ctx

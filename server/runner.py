@@ -17,18 +17,15 @@ from typing import Any
 
 import uvicorn
 
-from server.settings import WS_MESSAGE_BYTES_HARD_MAX
-
-WS_PING_INTERVAL_S = 20.0  # protocol-level pings find dead peers ...
-WS_PING_TIMEOUT_S = 20.0  # ... which are dropped when a ping goes unanswered this long
+from server.websocket import GiftdWebSocket
 
 
 def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning",
                    **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", ws="websockets-sansio",
-        ws_max_size=WS_MESSAGE_BYTES_HARD_MAX, ws_per_message_deflate=False,
-        ws_ping_interval=WS_PING_INTERVAL_S, ws_ping_timeout=WS_PING_TIMEOUT_S,
+        # /ws sockets are ours (server/websocket.py): message size, pings and
+        # compression (none) are set there, not by uvicorn's ws_* options.
+        app, host=host, port=port, loop="uvloop", ws=GiftdWebSocket,
         lifespan="on", log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
         log_config=None,  # uvicorn's loggers go through ours (JSON with GIFTD_LOG_FORMAT)
         **extra)

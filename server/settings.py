@@ -82,6 +82,8 @@ class Settings:
     user_send_rate_per_s: int = 50  # sends per user per second across its connections ...
     user_send_burst: int = 100  # ... with this burst
     join_timeout_s: int = 30  # a connection that has not joined a room by then is closed
+    # each socket is pinged this often; one still unanswered a whole interval later is closed
+    ws_ping_interval_ms: int = 20_000
     send_batch_max: int = 256  # gifts debited by one script call
     send_queue_max: int = 20_000  # sends waiting for the debit batcher; beyond: `overloaded`
     # A gift id is remembered this long: ~130 bytes of Redis memory per accepted
@@ -180,6 +182,7 @@ class Settings:
             user_send_rate_per_s=_env_int("GIFTD_USER_SEND_RATE_PER_S", d.user_send_rate_per_s),
             user_send_burst=_env_int("GIFTD_USER_SEND_BURST", d.user_send_burst),
             join_timeout_s=_env_int("GIFTD_JOIN_TIMEOUT_S", d.join_timeout_s),
+            ws_ping_interval_ms=_env_int("GIFTD_WS_PING_INTERVAL_MS", d.ws_ping_interval_ms),
             combo_window_ms=_env_int("GIFTD_COMBO_WINDOW_MS", d.combo_window_ms),
             pk_invite_ttl_ms=_env_int("GIFTD_PK_INVITE_TTL_MS", d.pk_invite_ttl_ms),
             pk_round_ms=_env_int("GIFTD_PK_ROUND_MS", d.pk_round_ms),
@@ -240,6 +243,7 @@ class Settings:
             ("user_send_rate_per_s", 1, 1_000_000),
             ("user_send_burst", 1, 1_000_000),
             ("join_timeout_s", 1, 3600),
+            ("ws_ping_interval_ms", 500, 3_600_000),
             ("send_batch_max", 1, 2000),
             ("send_queue_max", 1, 10_000_000),
             ("idempotency_ttl_s", 60, 365 * 24 * 3600),
