@@ -236,6 +236,7 @@ class GiftdWebSocket(asyncio.Protocol):
         session = self.session
         if session is None or self.close_sent:
             return  # past our close: the peer's late messages are dropped
+        self._flush()  # pongs queued by websockets go out before our answers, in order
         if op is Opcode.TEXT:
             try:
                 text = data.decode()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -219,6 +222,95 @@ class Client:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+class RawWs:
+    """A WebSocket client that does only what the test tells it: frames by hand.
+
+    It never answers pings by itself and can send what no polite client would
+    (fragments, bad UTF-8, several frames in one write).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 head: bytes) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.head = head  # the HTTP answer to the handshake, headers and body
+
+    @property
+    def status(self) -> int:
+        return int(self.head.split(b" ", 2)[1])
+
+    @classmethod
+    async def connect(cls, server: RunningServer, token: str, *, path: str = "/ws",
+                      rcvbuf: int | None = None, limit: int = 1 << 20) -> RawWs:
+        s = socket.socket()
+        if rcvbuf is not None:  # a small receive window makes a stalled reader stall fast
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=s, limit=limit)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET {path}?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      ).encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            head += await reader.readexactly(length)
+        return cls(reader, writer, head)
+
+    @staticmethod
+    def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+        """One client frame (masked, as RFC 6455 requires of clients)."""
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([(0x80 if fin else 0) | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 1 << 16:
+            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    async def send_frames(self, *frames: bytes) -> None:
+        self.writer.write(b"".join(frames))  # one write: they arrive together
+        await self.writer.drain()
+
+    async def send_json(self, msg: dict[str, Any]) -> None:
+        await self.send_frames(self.frame(orjson.dumps(msg)))
+
+    async def read_frame(self, timeout: float = 5.0) -> tuple[int, bytes]:
+        """(opcode, payload) of the next server frame; EOF raises IncompleteReadError."""
+        async def read() -> tuple[int, bytes]:
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(await self.reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await self.reader.readexactly(8), "big")
+            return b0 & 0x0F, await self.reader.readexactly(n)
+        return await asyncio.wait_for(read(), timeout)
+
+    async def next_message(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next text message, skipping control frames."""
+        while True:
+            op, payload = await self.read_frame(timeout)
+            if op == 0x1:
+                return dict(orjson.loads(payload))
+
+    async def close_code(self, timeout: float = 5.0) -> int:
+        """Read until the server's close frame; its code."""
+        while True:
+            op, payload = await self.read_frame(timeout)
+            if op == 0x8:
+                return int.from_bytes(payload[:2], "big")
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
 
 
 async def flush_all(redis: Redis, pool: asyncpg.Pool) -> int:

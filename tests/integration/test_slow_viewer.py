@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 import time
 
 import asyncpg
@@ -14,7 +11,7 @@ from redis.asyncio import Redis
 from gifts.catalog import Gift
 from gifts.sender import GiftSender, SendRequest
 from rooms.conn import CLOSE_SLOW_CONSUMER
-from tests.support import Client, RunningServer, make_room, make_user, token_for
+from tests.support import Client, RawWs, RunningServer, make_room, make_user, token_for
 
 ROSE = Gift("rose", "Rose", 1, "rose_float")
 BUDGET = 64 * 1024
@@ -24,23 +21,10 @@ async def stalled_viewer(server: RunningServer, token: str, room: str
                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A raw client: handshake, join, then never read again. The stream reader
     stops the transport reading once its small buffer is full."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", server.port))
-    reader, writer = await asyncio.open_connection(sock=s, limit=4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert b" 101 " in head
-    payload = f'{{"type":"join","room":"{room}"}}'.encode()
-    mask = os.urandom(4)
-    writer.write(bytes([0x81, 0x80 | len(payload)]) + mask
-                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-    await writer.drain()
-    return reader, writer
+    raw = await RawWs.connect(server, token, rcvbuf=4096, limit=4096)
+    assert raw.status == 101
+    await raw.send_json({"type": "join", "room": room})
+    return raw.reader, raw.writer
 
 
 async def test_slow_viewer_is_dropped_and_room_keeps_pace(
