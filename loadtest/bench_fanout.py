@@ -769,24 +769,30 @@ class Floor:
 
 
 def start_giftd(tmp: Path, redis_url: str, database_url: str, tick_ms: int,
-                flusher: bool) -> str:
-    """`giftd serve` as a child process (as bench_spine starts it); its base URL."""
+                flusher: bool, name: str = "giftd") -> str:
+    """`giftd serve` as a child process (as bench_spine starts it); its base URL.
+
+    The first one is OWNED.giftd; further ones (another `name`) are OWNED.more_giftd.
+    """
     exe = Path(sys.executable).with_name("giftd")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
            "GIFTD_SECRET": SECRET, "GIFTD_PORT": str(port), "GIFTD_HOST": "127.0.0.1",
-           "GIFTD_VAR_DIR": str(tmp / "giftd-var"), "GIFTD_FLUSHER": "1" if flusher else "0",
-           "GIFTD_TICK_MS": str(tick_ms), **LIMITS_LIFTED}
-    logf = tmp / "giftd.log"
+           "GIFTD_VAR_DIR": str(tmp / f"{name}-var"), "GIFTD_FLUSHER": "1" if flusher else "0",
+           "GIFTD_TICK_MS": str(tick_ms), "GIFTD_NODE_ID": name, **LIMITS_LIFTED}
+    logf = tmp / f"{name}.log"
     with open(logf, "wb") as out:
-        OWNED.giftd = subprocess.Popen([*cmd, "serve", "--log-level", "warning"], env=env,
-                                       stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+        proc = subprocess.Popen([*cmd, "serve", "--log-level", "warning"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if name == "giftd":
+        OWNED.giftd = proc
+    else:
+        OWNED.more_giftd.append(proc)
     deadline = time.monotonic() + GIFTD_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if OWNED.giftd.poll() is not None:
-            raise RuntimeError(f"giftd serve exited with {OWNED.giftd.returncode}:\n"
+        if proc.poll() is not None:
+            raise RuntimeError(f"giftd serve exited with {proc.returncode}:\n"
                                + logf.read_text(errors="replace")[-3000:])
         m = re.search(r"giftd is up on (http://\S+?)/?\s", logf.read_text(errors="replace"))
         if m:
@@ -1009,6 +1015,10 @@ class Config:
     flusher: bool
     floor: bool
     profile: bool
+    # gifters send through a second `giftd serve` on the same Valkey: the measured
+    # process is then a fan-out node only (viewers, room bus, ticks), as in a
+    # deployment with separate ingress
+    ingress_node: bool = False
 
 
 async def giftd_phase(cfg: Config, lg: LoadGens, tmp: Path, tag: str) -> Result:
@@ -1036,7 +1046,13 @@ async def giftd_phase(cfg: Config, lg: LoadGens, tmp: Path, tag: str) -> Result:
         gpid = OWNED.giftd.pid
         port = int(base.rsplit(":", 1)[1])
         log(f"giftd is up on {base} (pid {gpid})")
-        gifters = await connect_gifters(base, gifter_people, tag)
+        ingress_base = base
+        if cfg.ingress_node:
+            ingress_base = start_giftd(tmp, OWNED.valkey.url, OWNED.pg.url, cfg.tick_ms,
+                                       cfg.flusher, name="giftd-ingress")
+            log(f"ingress node (the gifters' `giftd serve`) is up on {ingress_base} "
+                f"(pid {OWNED.more_giftd[-1].pid})")
+        gifters = await connect_gifters(ingress_base, gifter_people, tag)
         await asyncio.sleep(1.0)
         res.rss_before = rss(gpid)
         tokens = [issue_token(SECRET, p, 3600) for p in viewer_people]
@@ -1052,6 +1068,8 @@ async def giftd_phase(cfg: Config, lg: LoadGens, tmp: Path, tag: str) -> Result:
         res.rss_joined = rss(gpid)
         named = {"giftd": [gpid], "valkey": [OWNED.valkey.proc.pid],  # type: ignore[union-attr]
                  "postgres": [OWNED.pg.proc.pid], "load generator": lg.pids}  # type: ignore[union-attr]
+        if cfg.ingress_node:
+            named["giftd ingress"] = [OWNED.more_giftd[-1].pid]
 
         log(f"gift storm: {cfg.gifters} gifters, {cfg.rate:,.0f} gifts/s total, "
             f"{cfg.warmup_s:g}s warm-up + {cfg.seconds:g}s measured")
@@ -1202,7 +1220,9 @@ def print_header(facts: dict[str, str], cfg: Config) -> None:
     print(f"  {'load generator':<16} {cfg.procs} processes (raw asyncio WebSocket viewers, "
           f"uvloop), latency sampled on 1 in {cfg.sample_every} viewers")
     print(f"  {'giftd':<16} `giftd serve` subprocess, flusher {'on' if cfg.flusher else 'off'},"
-          " send rate limits lifted")
+          " send rate limits lifted"
+          + ("; gifters on a second giftd (ingress node): the measured one only fans out"
+             if cfg.ingress_node else "; gifters and viewers on the same process"))
     print("  shared machine   load generator, giftd/floor, Valkey and Postgres all run here")
     print("=" * 78, flush=True)
 
@@ -1376,6 +1396,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the giftd process during the measured window")
     ap.add_argument("--no-floor", action="store_true", help="skip the raw floor phase")
+    ap.add_argument("--ingress-node", action="store_true",
+                    help="gifters send through a second giftd process, so the measured one is "
+                         "a fan-out node only (viewers, room bus, ticks)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     # the floor server's own entry point (a subprocess of this script)
     ap.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
@@ -1396,6 +1419,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         flusher=args.flusher,
         floor=not args.no_floor,
         profile=args.profile,
+        ingress_node=args.ingress_node,
     )
     return cfg, args
 

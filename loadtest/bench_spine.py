@@ -107,21 +107,24 @@ class Owned:
         self.tmp: Path | None = None
         self.keep_tmp = False
         self.giftd: subprocess.Popen[bytes] | None = None
+        self.more_giftd: list[subprocess.Popen[bytes]] = []  # e.g. bench_fanout's ingress node
         self.valkey: EmbeddedValkey | None = None
         self.pg: EmbeddedPostgres | None = None
         self._closed = False
 
     def stop_giftd(self) -> None:
-        p, self.giftd = self.giftd, None
-        if p is None or p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+        procs = [self.giftd, *self.more_giftd]
+        self.giftd, self.more_giftd = None, []
+        for p in procs:
+            if p is None or p.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
 
     def close(self) -> None:
         if self._closed:

@@ -33,6 +33,7 @@ from rooms.names import NameCache
 from rooms.pk import Battles
 from server import admin_api, api, catalog_api, keys
 from server.context import Ctx
+from server.gc_watch import GcWatch
 from server.metrics import Metrics
 from server.ratelimit import UserBuckets
 from server.settings import Settings
@@ -178,11 +179,14 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
                                   claim_idle_ms=settings.flush_claim_idle_ms)
             tasks.append(asyncio.create_task(ctx.flusher.run(), name="flusher"))
         tasks += billing_api.start(app, ctx)  # recharge sweeps, sandbox notifier, debit resume
+        gc_watch = GcWatch(metrics.registry)
+        gc_watch.start()
         if on_ready is not None:
             await on_ready(ctx)
         try:
             yield
         finally:
+            gc_watch.stop()
             ctx.say_goodbye()  # usually done already by GiftdServer.shutdown
             if ctx.flusher is not None:
                 ctx.flusher.stop()

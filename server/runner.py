@@ -5,6 +5,8 @@
   elsewhere rather than guess.
 * `capture_signals` does not re-raise SIGINT/SIGTERM after shutdown, which
   would kill `giftd serve` before it stops its embedded Valkey and Postgres.
+* Once it listens, what start-up built is frozen out of garbage collection
+  (server/gc_watch.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from server.gc_watch import freeze_startup
 from server.websocket import GiftdWebSocket
 
 
@@ -32,7 +35,13 @@ def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning",
 
 
 class GiftdServer(uvicorn.Server):
-    capture_process_signals = True  # tests running it in-process turn this off
+    capture_process_signals = True  # tests running it in-process turn this off ...
+    freeze_gc = True  # ... and this (a test process starts many servers)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.freeze_gc:
+            freeze_startup()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -77,6 +77,7 @@ class RunningServer:
         config = uvicorn_config(self._app, "127.0.0.1", self.port)
         self._server = GiftdServer(config)
         self._server.capture_process_signals = False
+        self._server.freeze_gc = False
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._task.done():
