@@ -21,7 +21,7 @@ Run:
     .venv/bin/python loadtest/bench_spine.py            # short default, < 2 min
     .venv/bin/python loadtest/bench_spine.py --full     # longer, more connections
     .venv/bin/python loadtest/bench_spine.py --durability everysec
-    .venv/bin/python loadtest/bench_spine.py --profile   # py-spy giftd during the peak
+    .venv/bin/python loadtest/bench_spine.py --profile   # py-spy giftd during each giftd phase
     .venv/bin/python loadtest/bench_spine.py --sweep     # raw EVALSHA at other batch sizes
 
 Valkey and Postgres are the embedded ones (server/embedded.py) in a temporary
@@ -1031,7 +1031,9 @@ async def bench(cfg: Config, tmp: Path) -> int:
                     f"{target:,.0f} gifts/s, {cfg.warmup_s:g}s warm-up + {cfg.paced_s:g}s")
                 a2 = await run_ws_phase(clients, redis, f"giftd paced at {share:.0%} "
                                         f"of peak ({target:,.0f}/s offered)", cfg.warmup_s,
-                                        cfg.paced_s, cfg.paced_window, target)
+                                        cfg.paced_s, cfg.paced_window, target,
+                                        profile=(tmp / f"giftd-paced-{share:.0%}.folded"
+                                                 if cfg.profile else None))
                 a2.extra["offered"] = target
                 a2.extra["drained_before_s"] = drained
                 phases.append(a2)
@@ -1191,6 +1193,18 @@ def print_report(phases: list[Phase], check: dict[str, Any], metrics: dict[str, 
     shown = {k: metrics[k] for k in keep if k in metrics}
     if shown:
         print("giftd /metrics at the end: " + ", ".join(f"{k}={v:,.0f}" for k, v in shown.items()))
+    gc_parts = []
+    for gen in range(3):
+        n = metrics.get(f'giftd_gc_pause_seconds_count{{generation="{gen}"}}')
+        if n is None:
+            continue
+        total_ms = metrics.get(f'giftd_gc_pause_seconds_sum{{generation="{gen}"}}', 0.0) * 1000
+        under = f'giftd_gc_pause_seconds_bucket{{generation="{gen}",le="0.01"}}'
+        over_10ms = n - metrics.get(under, n)
+        gc_parts.append(f"gen {gen}: {n:,.0f} collections, {total_ms:,.0f} ms in all, "
+                        f"{over_10ms:,.0f} over 10 ms")
+    if gc_parts:
+        print("giftd garbage collection over the run (event-loop pauses): " + "; ".join(gc_parts))
     if PRE_JOIN:
         print(f"messages received before the `joined` answer: {dict(PRE_JOIN)}")
     print("\nledger check (after the flusher drained; Postgres vs the acks the clients got):")

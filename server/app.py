@@ -176,7 +176,8 @@ def create_app(settings: Settings, redis_url: str, database_url: str,
             ctx.flusher = Flusher(redis, pool, consumer=f"flusher-{settings.node_id}",
                                   batch_max=settings.flush_batch_max,
                                   block_ms=settings.flush_block_ms,
-                                  claim_idle_ms=settings.flush_claim_idle_ms)
+                                  claim_idle_ms=settings.flush_claim_idle_ms,
+                                  linger_ms=settings.flush_linger_ms)
             tasks.append(asyncio.create_task(ctx.flusher.run(), name="flusher"))
         tasks += billing_api.start(app, ctx)  # recharge sweeps, sandbox notifier, debit resume
         gc_watch = GcWatch(metrics.registry)

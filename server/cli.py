@@ -302,7 +302,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
         flusher = Flusher(redis, pool, consumer=args.consumer or f"flusher-{settings.node_id}",
                           batch_max=args.batch or settings.flush_batch_max,
                           block_ms=settings.flush_block_ms,
-                          claim_idle_ms=settings.flush_claim_idle_ms)
+                          claim_idle_ms=settings.flush_claim_idle_ms,
+                          linger_ms=settings.flush_linger_ms)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, flusher.stop)

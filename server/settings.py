@@ -93,6 +93,7 @@ class Settings:
     # --- the flusher ------------------------------------------------------
     flush_batch_max: int = 1000  # stream entries per Postgres transaction
     flush_block_ms: int = 200  # XREADGROUP block time when the stream is empty
+    flush_linger_ms: int = 100  # after a partial batch, wait this long to gather the next one
     flush_claim_idle_ms: int = 30_000  # entries idle this long in a dead consumer are claimed
     flusher_enabled: bool = True  # run the flusher inside `giftd serve`
     # --- money ------------------------------------------------------------
@@ -194,6 +195,7 @@ class Settings:
             board_push_ms=_env_int("GIFTD_BOARD_PUSH_MS", d.board_push_ms),
             merge_above_events=_env_int("GIFTD_MERGE_ABOVE_EVENTS", d.merge_above_events),
             flush_block_ms=_env_int("GIFTD_FLUSH_BLOCK_MS", d.flush_block_ms),
+            flush_linger_ms=_env_int("GIFTD_FLUSH_LINGER_MS", d.flush_linger_ms),
             coins_per_yuan=_env_int("GIFTD_COINS_PER_YUAN", d.coins_per_yuan),
             timezone=_env("GIFTD_TIMEZONE", d.timezone),
             **_money_in_env(d),
@@ -250,6 +252,7 @@ class Settings:
             ("ledger_backlog_max", 1, 1_000_000_000),
             ("flush_batch_max", 1, 50_000),
             ("flush_block_ms", 1, 60_000),
+            ("flush_linger_ms", 0, 10_000),
             ("flush_claim_idle_ms", 0, 24 * 3600 * 1000),
             ("coins_per_yuan", 1, 1_000_000),
             ("recharge_custom_min_fen", 1, 10**10),
