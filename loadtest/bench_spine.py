@@ -206,9 +206,11 @@ def cpu_snapshot() -> dict[str, float]:
     giftd = _tree_cpu(t, OWNED.giftd.pid if OWNED.giftd else None)
     valkey = _tree_cpu(t, OWNED.valkey.proc.pid if OWNED.valkey and OWNED.valkey.proc else None)
     pg = _tree_cpu(t, OWNED.pg.proc.pid if OWNED.pg and OWNED.pg.proc else None)
+    more = sum(sum(_tree_cpu(t, p.pid)) for p in OWNED.more_giftd)
     return {
         "time": time.monotonic(),
         "giftd": sum(giftd),
+        "giftd flush (own process)": more,
         "valkey": valkey[0],
         "valkey AOF-rewrite child": valkey[1],  # the fork that rewrites the AOF
         "postgres": sum(pg),  # postmaster + backends
@@ -335,14 +337,25 @@ async def setup_accounts(pool: asyncpg.Pool, redis: Redis, viewers: int
     return streamer, people
 
 
-def start_giftd(tmp: Path, redis_url: str, database_url: str) -> str:
-    """`giftd serve` as a child process; returns its base URL once /health answers."""
+def start_giftd(tmp: Path, redis_url: str, database_url: str,
+                flusher_process: bool = False) -> str:
+    """`giftd serve` as a child process; returns its base URL once /health answers.
+
+    With `flusher_process`, the ledger flusher runs as its own `giftd flush`
+    process (OWNED.more_giftd) instead of inside the gateway's event loop.
+    """
     exe = Path(sys.executable).with_name("giftd")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
            "GIFTD_SECRET": SECRET, "GIFTD_PORT": str(port), "GIFTD_HOST": "127.0.0.1",
-           "GIFTD_VAR_DIR": str(tmp / "giftd-var"), "GIFTD_FLUSHER": "1", **LIMITS_LIFTED}
+           "GIFTD_VAR_DIR": str(tmp / "giftd-var"),
+           "GIFTD_FLUSHER": "0" if flusher_process else "1", **LIMITS_LIFTED}
+    if flusher_process:
+        with open(tmp / "flusher.log", "wb") as out:
+            OWNED.more_giftd.append(subprocess.Popen(
+                [*cmd, "flush"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True))
     logf = tmp / "giftd.log"
     with open(logf, "wb") as out:
         OWNED.giftd = subprocess.Popen([*cmd, "serve", "--log-level", "warning"], env=env,
@@ -952,6 +965,7 @@ class Config:
     durability: str
     profile: bool
     sweep: list[tuple[int, int]]
+    flusher_process: bool = False
 
 
 def machine_facts() -> dict[str, str]:
@@ -1005,8 +1019,9 @@ async def bench(cfg: Config, tmp: Path) -> int:
         log(f"creating the room and {cfg.viewers} viewers (argon2 hashing, grants, credit script)")
         streamer, people = await setup_accounts(pool, redis, cfg.viewers)
 
-        log("starting `giftd serve` (subprocess, flusher on)")
-        base = start_giftd(tmp, redis_url, database_url)
+        log("starting `giftd serve` (subprocess, flusher "
+            + ("in its own `giftd flush` process)" if cfg.flusher_process else "in-process)"))
+        base = start_giftd(tmp, redis_url, database_url, cfg.flusher_process)
         log(f"giftd is up on {base}")
         clients = await connect_clients(base, people, cfg.conns, run_tag)
         log(f"{len(clients)} WebSocket clients joined room '{ROOM}'")
@@ -1245,6 +1260,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--sweep", action="store_true",
                     help="also run raw EVALSHA at other batch sizes (gifts/call x callers: "
                          "4x32, 16x16, 64x4, 128x2), 4 s each")
+    ap.add_argument("--flusher-process", action="store_true",
+                    help="run the ledger flusher as its own `giftd flush` process, not inside "
+                         "the gateway's event loop")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = ap.parse_args(argv)
     full = args.full
@@ -1268,6 +1286,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         durability=args.durability,
         profile=args.profile,
         sweep=[(4, 32), (16, 16), (64, 4), (128, 2)] if args.sweep else [],  # (batch, callers)
+        flusher_process=args.flusher_process,
     )
     return cfg, args
 
