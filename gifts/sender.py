@@ -108,10 +108,12 @@ class GiftSender:
         )
         self._workers_n = workers  # >1 overlaps one call's round trip with the next batch
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # kept: see server/gateway.py _spawn
         self.batches = 0
         self.sent = 0
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         for i in range(self._workers_n):
             self._tasks.append(asyncio.create_task(self._run(), name=f"gift-sender-{i}"))
 
@@ -127,7 +129,8 @@ class GiftSender:
         return self._queue.qsize()
 
     async def send(self, req: SendRequest) -> SendResult:
-        fut: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[SendResult] = loop.create_future()
         try:
             self._queue.put_nowait((req, fut))
         except asyncio.QueueFull:
