@@ -16,11 +16,12 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
+from websockets.datastructures import Headers
 
 from gifts.catalog import Gift
 from gifts.send_rule import Outcome
@@ -74,16 +75,27 @@ class Refused(Exception):
         self.message = message
 
 
-def _token_of(headers: Mapping[str, str], query: str) -> str:
-    auth = headers.get("authorization") or ""
+def _one(headers: Headers, name: str) -> str | None:
+    """A header that may appear at most once (a second Origin or token is refused)."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise Refused(400, "bad_request", f"the {name} header appears more than once")
+    return values[0] if values else None
+
+
+def _token_of(headers: Headers, query: str) -> str:
+    auth = _one(headers, "authorization") or ""
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return (parse_qs(query).get("token") or [""])[0]
+    tokens = parse_qs(query).get("token") or [""]
+    if len(tokens) > 1:
+        raise Refused(400, "bad_request", "the token parameter appears more than once")
+    return tokens[0]
 
 
-def authorize(ctx: Ctx, headers: Mapping[str, str], query: str) -> Principal:
+def authorize(ctx: Ctx, headers: Headers, query: str) -> Principal:
     """Origin and token, checked before any room state exists for this socket."""
-    if not origin_allowed(headers.get("origin"), headers.get("host"),
+    if not origin_allowed(_one(headers, "origin"), _one(headers, "host"),
                           ctx.settings.allowed_origins):
         raise Refused(403, "origin_not_allowed", "origin not allowed")
     try:
@@ -209,6 +221,11 @@ class Session:
         except ProtocolError as exc:
             ctx.metrics.errors.labels(exc.code).inc()
             self.conn.send(exc.as_message())
+        except Exception:  # a bug of ours: answer, log, and keep the socket and its order
+            log.exception("handling a message failed")
+            ctx.metrics.errors.labels("internal_error").inc()
+            self.conn.send({"type": "error", "code": "internal_error",
+                            "message": "the server could not handle this message"})
 
     def _start_send(self, msg: SendGift) -> None:
         if self.principal.role is Role.OVERLAY:
@@ -248,12 +265,16 @@ class Session:
         except ProtocolError as exc:
             self.ctx.metrics.errors.labels(exc.code).inc()
             self.conn.send(exc.as_message())
-        except Exception:
+        except Exception:  # e.g. Postgres away while looking the room up
             log.exception("session step failed")
+            self.ctx.metrics.errors.labels("unavailable").inc()
+            self.conn.send({"type": "error", "code": "unavailable",
+                            "message": "the server could not do this just now; retry"})
         finally:
             self.busy = False
-        if self.gone:
-            await self.leave()  # the socket closed while we were joining
+        if self.gone:  # the socket closed while we were joining or subscribing
+            self.ctx.board_feed.drop(self.conn)
+            await self.leave()
         elif self.backlog:
             self._drain()
 

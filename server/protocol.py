@@ -14,6 +14,7 @@ from server.codec import DecodeError, WireFormat, decode
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 ROOM_RE = re.compile(r"^[a-z0-9_-]{1,40}$")
+PING_NONCE_CHARS_MAX = 64
 
 
 class ProtocolError(Exception):
@@ -129,7 +130,14 @@ def parse(data: bytes | str, fmt: WireFormat, limits: Limits) -> Message:
                 raise ProtocolError("bad_field", "field 'since' must be >= 0")
         return Join(room, since)
     if kind == "ping":
-        return Ping(msg.get("nonce"))
+        # echoed back, so it must be something small we can always encode again
+        nonce = msg.get("nonce")
+        if not (nonce is None or (isinstance(nonce, int) and not isinstance(nonce, bool)
+                                  and -(2**63) <= nonce < 2**63)
+                or (isinstance(nonce, str) and len(nonce) <= PING_NONCE_CHARS_MAX)):
+            raise ProtocolError("bad_field", "field 'nonce' must be an integer or a string "
+                                f"of at most {PING_NONCE_CHARS_MAX} characters")
+        return Ping(nonce)
     if kind == "subscribe":
         board = _field(msg, "board", str)
         streamer = _field(msg, "streamer", int)

@@ -54,6 +54,10 @@ CLOSE_PING_TIMEOUT = 1011  # a keepalive ping went unanswered for a whole interv
 CLOSE_BAD_UTF8 = 1007
 CLOSE_SHUTDOWN = 1012  # uvicorn's shutdown, when our own `bye` + 1001 did not happen first
 FRAGMENTS_MAX = 64  # a message in more pieces than this is refused (1009), whatever its size
+# Bytes handed to websockets' parser at a time. A session that stops reading
+# (too many messages waiting) stops the parsing too, so a single large read
+# cannot queue more than this much more: at most ~128 tiny messages.
+FEED_BYTES = 1024
 
 _handshakes: set[asyncio.Task[None]] = set()  # overlay handshakes awaiting Redis
 
@@ -82,8 +86,8 @@ def refusal(status: int, code: str, message: str) -> Response:
 class GiftdWebSocket(asyncio.Protocol):
     """One /ws socket. uvicorn builds it with (config, server_state, app_state)."""
 
-    __slots__ = ("_fragments", "awaiting_pong", "close_sent", "conn", "ctx", "server_state",
-                 "session", "transport", "ws")
+    __slots__ = ("_cut_off", "_fragments", "_held", "close_sent", "conn", "ctx", "paused",
+                 "ping_sent_s", "server_state", "session", "transport", "ws")
 
     def __init__(self, config: Any, server_state: Any, app_state: Any,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -95,7 +99,10 @@ class GiftdWebSocket(asyncio.Protocol):
         self.conn: Conn | None = None  # once the handshake is accepted
         self.session: Session | None = None
         self.close_sent = False
-        self.awaiting_pong = False
+        self.ping_sent_s = 0.0  # when the unanswered keepalive ping went out; 0: none
+        self.paused = False  # the session asked us to stop reading
+        self._held: bytes = b""  # received while paused, not yet parsed
+        self._cut_off = False  # the abort timer is set
         self._fragments: list[bytes] | None = None  # a message arriving in pieces
 
     # --- asyncio callbacks ---------------------------------------------------
@@ -113,13 +120,30 @@ class GiftdWebSocket(asyncio.Protocol):
             session.on_close()
 
     def data_received(self, data: bytes) -> None:
+        if self.paused:  # a read already under way when the session paused us
+            self._held += data
+            return
+        try:
+            self._feed(data)
+        except Exception:  # never let a bug escape into the event loop's callback
+            log.exception("handling a WebSocket read failed")
+            if self.ws.state.name == "CONNECTING":
+                self._refuse(refusal(500, "internal_error", "the handshake failed"))
+            else:
+                self.fail(1011, "internal error")
+
+    def _feed(self, data: bytes) -> None:
         ws = self.ws
-        ws.receive_data(data)
-        for event in ws.events_received():
-            if isinstance(event, Frame):
-                self._on_frame(event)
-            elif isinstance(event, Request):
-                self._on_request(event)
+        for start in range(0, len(data), FEED_BYTES):
+            ws.receive_data(data[start:start + FEED_BYTES] if len(data) > FEED_BYTES else data)
+            for event in ws.events_received():
+                if isinstance(event, Frame):
+                    self._on_frame(event)
+                elif isinstance(event, Request):
+                    self._on_request(event)
+            if self.paused:  # keep the rest unparsed until the session resumes us
+                self._held = data[start + FEED_BYTES:]
+                break
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -141,6 +165,7 @@ class GiftdWebSocket(asyncio.Protocol):
             self.close(CLOSE_SHUTDOWN, "server shutting down")
         self._mark_closed()
         self.transport.close()
+        self._cut_off_later()  # close() waits for unsent bytes a dead peer never takes
 
     # --- the handshake -----------------------------------------------------------
     def _on_request(self, request: Request) -> None:
@@ -228,7 +253,7 @@ class GiftdWebSocket(asyncio.Protocol):
                 self._fragments = None
                 self._deliver(Opcode(parts[0][0]), b"".join(parts[1:]))
         elif op is Opcode.PONG:
-            self.awaiting_pong = False
+            self.ping_sent_s = 0.0
         # PING: websockets has queued the pong; CLOSE: it has queued the reply
         # (both written by _flush).
 
@@ -259,11 +284,24 @@ class GiftdWebSocket(asyncio.Protocol):
             else:  # websockets' end-of-stream marker: the closing handshake is done
                 self._mark_closed()
                 transport.close()
+                self._cut_off_later()
                 return
+        conn = self.conn
+        # Control frames (pongs) count against the same budget as ticks: a
+        # client that pings and never reads is dropped, not buffered forever.
+        if conn is not None and not conn.closed and \
+                transport.get_write_buffer_size() > conn.outbound_bytes_max:
+            conn.drop_slow()
 
     def _cut_off_later(self) -> None:
+        """Abort the socket if it still holds unsent bytes ABORT_AFTER_CLOSE_S from now.
+
+        transport.close() waits for the buffer to drain, which for a dead peer
+        is when the kernel gives up, many minutes later.
+        """
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not self._cut_off:
+            self._cut_off = True
             asyncio.get_running_loop().call_later(ABORT_AFTER_CLOSE_S, _abort, transport)
 
     def _mark_closed(self) -> None:
@@ -282,6 +320,9 @@ class GiftdWebSocket(asyncio.Protocol):
         self._flush()
         self._mark_closed()
         self._cut_off_later()
+        # Read again, whatever the session wanted: the peer's close reply (and
+        # its pongs) must get through; messages after our close are dropped.
+        self.resume_reading()
 
     def fail(self, code: int, reason: str) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -292,21 +333,31 @@ class GiftdWebSocket(asyncio.Protocol):
         self._mark_closed()
         self._cut_off_later()
 
-    def ping(self) -> None:
-        """One keepalive ping; the sweeper drops us if it is still unanswered next time."""
+    def ping(self, now_s: float) -> None:
+        """One keepalive ping; the sweeper drops us if it is still unanswered an interval later."""
         if self.close_sent:
             return
-        self.awaiting_pong = True
+        self.ping_sent_s = now_s
         with contextlib.suppress(Exception):
             self.ws.send_ping(b"")
             self._flush()
 
     def pause_reading(self) -> None:
+        """Stop reading and parsing (the session has enough messages waiting)."""
+        if self.paused:
+            return
+        self.paused = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.paused:
+            return
+        self.paused = False
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)  # may pause us again
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
 
@@ -320,11 +371,12 @@ def _abort(transport: asyncio.BaseTransport) -> None:
 class Sweeper:
     """Keepalive pings and join deadlines for every socket of the process, in one loop.
 
-    Each socket is pinged once per `ping_interval_s`, spread over the interval
-    (a slice every `SWEEP_S`), and closed with 1011 if the previous ping is still
-    unanswered: a dead peer is found within two intervals. A socket that has not
-    joined a room (or subscribed to a board) `join_timeout_s` after opening is
-    closed with 4001.
+    Each socket is pinged once per ping interval, in the sweep slot of its
+    connection id (so the pings of a process are spread over the interval and a
+    socket's turn does not move when others leave), and closed with 1011 if its
+    previous ping has gone unanswered for a whole interval: a dead peer is found
+    within two intervals. A socket that has not joined a room (or subscribed to
+    a board) `join_timeout_s` after opening is closed with 4001.
     """
 
     SWEEP_S = 0.5
@@ -350,12 +402,14 @@ class Sweeper:
         for session in list(ctx.unjoined.values()):
             if session.opened_s <= deadline:
                 session.join_timed_out()
-        self.slot = (self.slot + 1) % self.slots
-        for conn in list(ctx.connections.values())[self.slot::self.slots]:
+        self.slot = slot = (self.slot + 1) % self.slots
+        slots = self.slots
+        interval_s = ctx.settings.ws_ping_interval_ms / 1000
+        for conn in [c for c in ctx.connections.values() if c.id % slots == slot]:
             sock = conn.sock
-            if sock.awaiting_pong:
+            if sock.ping_sent_s == 0.0:
+                self.pings_sent += 1
+                sock.ping(now_s)
+            elif now_s - sock.ping_sent_s >= interval_s - self.SWEEP_S / 2:
                 self.ping_timeouts += 1
                 sock.fail(CLOSE_PING_TIMEOUT, "keepalive ping timeout")
-            else:
-                self.pings_sent += 1
-                sock.ping()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
 import time
 
 import asyncpg
@@ -14,7 +17,7 @@ from server import keys
 from server.websocket import CLOSE_BAD_UTF8, CLOSE_PING_TIMEOUT, FRAGMENTS_MAX
 from tests.support import Client, RawWs, RunningServer, make_room, make_user, serving, token_for
 
-PING, PONG = 0x9, 0xA
+PING, PONG, CLOSE = 0x9, 0xA, 0x8
 
 
 async def test_unanswered_pings_close_the_socket_answered_ones_keep_it(
@@ -168,3 +171,171 @@ async def test_a_socket_gone_in_the_middle_of_its_join_leaves_the_room(
     assert len(server.ctx.hub.rooms[room].members) == 1
     assert len(server.ctx.connections) == 1 and not server.ctx.unjoined
     await stay.close()
+
+
+async def _raw_handshake(srv: RunningServer, extra_headers: str) -> bytes:
+    """Send an upgrade request with `extra_headers`; what the server answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  f"{extra_headers}\r\n").encode())
+    await writer.drain()
+    try:
+        got = await asyncio.wait_for(reader.read(65536), 3)
+    finally:
+        writer.close()
+    return got
+
+
+async def test_a_handshake_with_two_origin_headers_is_answered_and_not_leaked(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    # A repeated Origin (or token) is refused with 400; nothing escapes the
+    # socket's callbacks and nothing is left in uvicorn's connection set.
+    token = token_for(await make_user(pool, redis))
+    got = await _raw_handshake(
+        server, f"Authorization: Bearer {token}\r\n"
+                "Origin: http://a.example\r\nOrigin: http://b.example\r\n")
+    await asyncio.sleep(0.3)
+    state = server._server.server_state  # type: ignore[union-attr]
+    leaked = [c for c in state.connections if type(c).__name__ == "GiftdWebSocket"]
+    assert not leaked, f"{len(leaked)} GiftdWebSocket left in server_state.connections"
+    assert got.startswith(b"HTTP/1.1 4"), got  # an HTTP refusal, not a silent hang-up
+
+
+async def test_a_dead_peer_with_unsent_bytes_is_cut_off_after_the_keepalive_timeout(
+        redis_url: str, database_url: str, redis: Redis, pool: asyncpg.Pool) -> None:
+    # A peer that neither reads nor answers pings (a dead one): after the 1011
+    # the server must let go of the socket even if bytes are still unsent.
+    async with serving(redis_url, database_url, ws_ping_interval_ms=500,
+                       outbound_bytes_max=64 << 20, frame_bytes_max=64_000) as srv:
+        dead = await RawWs.connect(srv, token_for(await make_user(pool, redis)), rcvbuf=4096)
+        # fill the server's send buffers (kernel ones up to 4 MiB here) with
+        # pongs we never read: WebSocket pings, answered by the protocol layer
+        ping = RawWs.frame(b"p" * 125, PING)
+        for _ in range(16):
+            await dead.send_frames(ping * 4000)
+        await asyncio.sleep(0.2)
+        conn = next(iter(srv.ctx.connections.values()))
+        assert conn.buffered_bytes() > 0  # the kernel buffers are full: bytes wait in user space
+        t0 = time.monotonic()
+        # the sweeper fails it (1011) within about two intervals; 2 s later
+        # (ABORT_AFTER_CLOSE_S) at the latest it must be gone
+        while srv.ctx.connections and time.monotonic() - t0 < 6:
+            await asyncio.sleep(0.1)
+        assert conn.closed  # the 1011 was decided ...
+        assert not srv.ctx.connections, (  # ... but the socket is never let go
+            f"still held after {time.monotonic() - t0:.1f}s with "
+            f"{conn.buffered_bytes()} bytes unsent")
+        dead.abort()
+
+
+async def test_a_ping_answered_within_the_interval_is_not_a_timeout_when_others_leave(
+        redis_url: str, database_url: str, redis: Redis, pool: asyncpg.Pool) -> None:
+    # A socket's sweep slot is fixed by its id and a ping counts as unanswered
+    # only after a whole interval: others leaving must not shorten that.
+    async with serving(redis_url, database_url, ws_ping_interval_ms=1000) as srv:  # 2 slots
+        first = await RawWs.connect(srv, token_for(await make_user(pool, redis)))
+        slow = await RawWs.connect(srv, token_for(await make_user(pool, redis)))
+
+        async def answer_late() -> None:  # a pong 0.7 s after the ping: within the 1 s interval
+            op, payload = await slow.read_frame(timeout=3)
+            assert op == PING, (op, payload[:2])
+            await asyncio.sleep(0.7)
+            await slow.send_frames(RawWs.frame(payload, PONG))
+
+        async def answer_at_once(raw: RawWs) -> None:
+            while True:
+                op, payload = await raw.read_frame(timeout=30)
+                if op == PING:
+                    await raw.send_frames(RawWs.frame(payload, PONG))
+
+        polite = asyncio.create_task(answer_at_once(first))
+        for _ in range(3):  # control: nobody leaves, a late-but-in-time pong is fine ...
+            await answer_late()
+        assert len(srv.ctx.connections) == 2
+        op, payload = await slow.read_frame(timeout=3)
+        assert op == PING
+        polite.cancel()
+        first.abort()  # ... but let the connection ahead of it leave right after a ping
+        t0 = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            op, payload = await slow.read_frame(timeout=0.8)
+            assert op != CLOSE, (
+                f"closed with {int.from_bytes(payload[:2], 'big')} "
+                f"{time.monotonic() - t0:.2f}s after a ping (interval 1 s)")
+        slow.abort()
+
+
+async def test_a_socket_gone_in_the_middle_of_its_subscribe_leaves_no_subscription(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    # A subscribe still reading Redis when the socket goes adds the closed Conn
+    # after on_close ran: the session drops it again once the subscribe ends.
+    streamer = await make_user(pool, redis)
+    raw = await RawWs.connect(server, token_for(await make_user(pool, redis)))
+    await redis.execute_command("CLIENT", "PAUSE", "500", "ALL")  # the board read waits
+    await raw.send_json({"type": "subscribe", "board": "fans", "streamer": streamer.user_id,
+                         "span": "day"})
+    await asyncio.sleep(0.1)
+    raw.abort()  # gone while its subscribe is reading Redis
+    await asyncio.sleep(1.0)  # the pause is over, the subscribe finished
+    assert not server.ctx.connections
+    left = {board: [c.id for c in subs.values()]
+            for board, subs in server.ctx.board_feed.subs.items() if subs}
+    assert not left, f"closed connections still subscribed: {left}"
+
+
+async def test_a_message_that_cannot_be_answered_does_not_kill_the_socket_silently(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    # A ping's nonce is echoed back; one orjson could read but not write again
+    # (nested deeper than orjson.dumps allows) is refused as a bad field, and
+    # whatever else a message makes fail is answered, never a dropped socket.
+    raw = await RawWs.connect(server, token_for(await make_user(pool, redis)))
+    deep = b'{"type":"ping","nonce":' + b"[" * 300 + b"]" * 300 + b"}"
+    await raw.send_frames(RawWs.frame(deep), RawWs.frame(b'{"type":"ping","nonce":1}'))
+    got = []
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        for _ in range(2):
+            got.append(await raw.next_message())
+    assert got and got[-1] == {"type": "pong", "nonce": 1}, (
+        f"the socket was dropped without a close frame; got {got}")
+    raw.abort()
+
+
+async def test_pongs_to_a_client_that_does_not_read_stay_within_the_outbound_budget(
+        redis_url: str, database_url: str, redis: Redis, pool: asyncpg.Pool) -> None:
+    # Pongs count against outbound_bytes_max like ticks do: a client that pings
+    # and never reads is dropped (4008), not buffered for as long as it likes.
+    budget = 64 * 1024
+    async with serving(redis_url, database_url, outbound_bytes_max=budget) as srv:
+        raw = await RawWs.connect(srv, token_for(await make_user(pool, redis)), rcvbuf=4096)
+        ping = RawWs.frame(b"p" * 125, PING)
+        for _ in range(16):  # ~8.4 MB of pings, past the kernel's buffers (4 MiB here)
+            await raw.send_frames(ping * 4000)
+        await asyncio.sleep(0.5)
+        conn = next(iter(srv.ctx.connections.values()), None)
+        if conn is not None and not conn.closed:
+            assert conn.buffered_bytes() <= 2 * budget, (
+                f"{conn.buffered_bytes()} bytes of pongs held for a client that does not read "
+                f"(outbound_bytes_max {budget})")
+        raw.abort()
+
+
+async def test_messages_waiting_behind_a_join_are_bounded(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    # MESSAGES_WAITING_MAX pauses reading AND parsing: a single large read of
+    # tiny frames (5,000 here) does not queue them all.
+    from server.gateway import MESSAGES_WAITING_MAX
+    from tests.support import make_room
+
+    room, _ = await make_room(pool, redis)
+    raw = await RawWs.connect(server, token_for(await make_user(pool, redis)))
+    session = next(iter(server.ctx.unjoined.values()))
+    await redis.execute_command("CLIENT", "PAUSE", "500", "ALL")  # the join waits
+    await raw.send_frames(RawWs.frame(orjson.dumps({"type": "join", "room": room})),
+                          *(RawWs.frame(b"{}") for _ in range(5000)))  # 40 KB, one read
+    await asyncio.sleep(0.2)
+    waiting = len(session.backlog or ())
+    assert waiting <= 2 * MESSAGES_WAITING_MAX, f"{waiting} messages queued behind the join"
+    raw.abort()
