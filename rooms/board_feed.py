@@ -115,6 +115,10 @@ class BoardFeed:
             for conn in list(subs.values()):
                 if not conn.send(msg):
                     subs.pop(conn.id, None)
+        for board in boards:  # boards whose last subscriber was found gone: no more reads
+            if not self.subs.get(board, True):
+                del self.subs[board]
+                self.last.pop(board, None)
 
     async def _run(self) -> None:
         while True:

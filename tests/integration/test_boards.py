@@ -1,4 +1,5 @@
-"""Period boards roll over at local midnight, Monday and the 1st (time injected, not slept)."""
+"""Period boards: rollover at local midnight, Monday and the 1st (time injected, not slept);
+board subscriptions that outlive their subscribers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from redis.asyncio import Redis
 
 from gifts.catalog import Gift
 from gifts.sender import GiftSender, SendRequest
-from tests.support import RunningServer, make_room, make_user, settings_for_tests, token_for
+from server import keys
+from tests.support import (
+    RawWs,
+    RunningServer,
+    make_room,
+    make_user,
+    settings_for_tests,
+    token_for,
+)
 
 SH = ZoneInfo("Asia/Shanghai")
 HEART = Gift("heart", "Heart", 10, "heart_pop")
@@ -83,3 +92,25 @@ async def test_boards_roll_over_in_local_time(
                            ("/api/boards/gifter/day?date=2026-13-01", "bad_field"),
                            ("/api/boards/gifter/day?offset=-1", "bad_field")]:
             assert (await http.get(path)).json()["code"] == code
+
+
+async def test_a_board_whose_last_subscriber_is_gone_is_no_longer_read(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    streamer = await make_user(pool, redis)
+    fan = await make_user(pool, redis, name="fan")
+    raw = await RawWs.connect(server, token_for(await make_user(pool, redis)))
+    await raw.send_json({"type": "subscribe", "board": "fans", "streamer": streamer.user_id,
+                         "span": "day"})
+    assert (await raw.next_message())["snapshot"] is True
+    feed = server.ctx.board_feed
+    board = (streamer.user_id, "day")
+    assert board in feed.subs
+    # dropped by the server (as a slow consumer would be): the socket lingers until
+    # the peer answers or is cut off, but nothing more is written to it
+    conn = next(iter(server.ctx.connections.values()))
+    conn.close(4008, "slow consumer")
+    await redis.zincrby(keys.board_fans(streamer.user_id, feed._period("day")), 5,
+                        str(fan.user_id))
+    await feed.push()  # the board changed: its only subscriber is found gone
+    assert board not in feed.subs and board not in feed.last
+    raw.abort()
