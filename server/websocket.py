@@ -56,7 +56,7 @@ CLOSE_SHUTDOWN = 1012  # uvicorn's shutdown, when our own `bye` + 1001 did not h
 FRAGMENTS_MAX = 64  # a message in more pieces than this is refused (1009), whatever its size
 # Bytes handed to websockets' parser at a time. A session that stops reading
 # (too many messages waiting) stops the parsing too, so a single large read
-# cannot queue more than this much more: at most ~128 tiny messages.
+# cannot queue more than this much more: at most ~170 tiny (6-byte) frames.
 FEED_BYTES = 1024
 
 _handshakes: set[asyncio.Task[None]] = set()  # overlay handshakes awaiting Redis
@@ -165,7 +165,8 @@ class GiftdWebSocket(asyncio.Protocol):
             self.close(CLOSE_SHUTDOWN, "server shutting down")
         self._mark_closed()
         self.transport.close()
-        self._cut_off_later()  # close() waits for unsent bytes a dead peer never takes
+        if self.transport.get_write_buffer_size():
+            self._cut_off_later()  # close() waits for unsent bytes a dead peer never takes
 
     # --- the handshake -----------------------------------------------------------
     def _on_request(self, request: Request) -> None:
@@ -200,13 +201,15 @@ class GiftdWebSocket(asyncio.Protocol):
         assert self.ctx is not None
         try:
             await gateway.check_async(self.ctx, principal)
+            if self.transport is not None and not self.transport.is_closing():
+                self._open(request, principal)
+                self._flush()
         except gateway.Refused as r:
             self._refuse(refusal(r.status, r.code, r.message))
-            self._flush()
-            return
-        if self.transport is not None and not self.transport.is_closing():
-            self._open(request, principal)
-            self._flush()
+        except Exception:
+            log.exception("overlay handshake failed")
+            if self.conn is None:
+                self._refuse(refusal(500, "internal_error", "the handshake failed"))
 
     def _refuse(self, response: Response) -> None:
         self.ws.send_response(response)
@@ -262,6 +265,8 @@ class GiftdWebSocket(asyncio.Protocol):
         if session is None or self.close_sent:
             return  # past our close: the peer's late messages are dropped
         self._flush()  # pongs queued by websockets go out before our answers, in order
+        if self.close_sent:
+            return  # that flush found us over budget and closed us (4008)
         if op is Opcode.TEXT:
             try:
                 text = data.decode()
@@ -284,7 +289,8 @@ class GiftdWebSocket(asyncio.Protocol):
             else:  # websockets' end-of-stream marker: the closing handshake is done
                 self._mark_closed()
                 transport.close()
-                self._cut_off_later()
+                if transport.get_write_buffer_size():  # (a clean close needs no timer)
+                    self._cut_off_later()
                 return
         conn = self.conn
         # Control frames (pongs) count against the same budget as ticks: a
@@ -383,7 +389,10 @@ class Sweeper:
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
-        self.slots = max(1, round(ctx.settings.ws_ping_interval_ms / 1000 / self.SWEEP_S))
+        # Rounded up: one pass over the slots must take at least one interval, or a
+        # pong that comes in time would be checked (and failed) too early.
+        sweep_ms = round(self.SWEEP_S * 1000)
+        self.slots = max(1, -(-ctx.settings.ws_ping_interval_ms // sweep_ms))
         self.slot = 0
         self.pings_sent = 0
         self.ping_timeouts = 0
@@ -405,8 +414,13 @@ class Sweeper:
         self.slot = slot = (self.slot + 1) % self.slots
         slots = self.slots
         interval_s = ctx.settings.ws_ping_interval_ms / 1000
+        # A pass over every connection (~27 ns each: ~0.5 ms per sweep at the
+        # 20,000 sockets a process can hold) keeps the slot stable without
+        # bookkeeping on every open and close.
         for conn in [c for c in ctx.connections.values() if c.id % slots == slot]:
             sock = conn.sock
+            if sock.close_sent:
+                continue
             if sock.ping_sent_s == 0.0:
                 self.pings_sent += 1
                 sock.ping(now_s)

@@ -10,6 +10,7 @@ import time
 
 import asyncpg
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from rooms.conn import CLOSE_JOIN_TIMEOUT
@@ -339,3 +340,75 @@ async def test_messages_waiting_behind_a_join_are_bounded(
     waiting = len(session.backlog or ())
     assert waiting <= 2 * MESSAGES_WAITING_MAX, f"{waiting} messages queued behind the join"
     raw.abort()
+
+
+@pytest.mark.parametrize("interval_ms", [700, 1250])
+async def test_a_pong_within_an_interval_that_is_not_a_multiple_of_the_sweep_is_in_time(
+        interval_ms: int, redis_url: str, database_url: str, redis: Redis,
+        pool: asyncpg.Pool) -> None:
+    # A pass over the sweep slots must take at least one interval, whatever the
+    # interval: a pong inside it is in time (700 ms and 1250 ms are not
+    # multiples of the 0.5 s sweep).
+    interval_s = interval_ms / 1000
+    async with serving(redis_url, database_url, ws_ping_interval_ms=interval_ms) as srv:
+        raw = await RawWs.connect(srv, token_for(await make_user(pool, redis)))
+        for _ in range(3):
+            op, payload = await raw.read_frame(timeout=3 * interval_s + 1)
+            assert op == PING, (op, payload[:2])
+            t_ping = time.monotonic()
+            # answer at 85 % of the interval: late, but within it
+            await asyncio.sleep(0.85 * interval_s)
+            await raw.send_frames(RawWs.frame(payload, PONG))
+            pong_after = time.monotonic() - t_ping
+            op, payload = await raw.read_frame(timeout=3 * interval_s + 1)
+            assert op != CLOSE, (
+                f"closed with {int.from_bytes(payload[:2], 'big')} although our pong went out "
+                f"{pong_after:.2f}s after the ping, within the {interval_s}s interval")
+            assert op == PING
+            # hand the ping we just read to the next round
+            await raw.send_frames(RawWs.frame(payload, PONG))
+        raw.abort()
+
+
+async def test_messages_held_while_paused_are_all_handled_once_and_in_order(
+        server: RunningServer, redis: Redis, pool: asyncpg.Pool) -> None:
+    # Coverage for _feed/_held/resume_reading: a single large read of pings
+    # queued behind a slow join (reading and parsing pause at
+    # MESSAGES_WAITING_MAX, the rest of the read is held) is answered in full,
+    # each exactly once and in order, after the join.
+    room, _ = await make_room(pool, redis)
+    raw = await RawWs.connect(server, token_for(await make_user(pool, redis)))
+    n = 3000
+    await redis.execute_command("CLIENT", "PAUSE", "500", "ALL")  # the join waits
+    await raw.send_frames(
+        RawWs.frame(orjson.dumps({"type": "join", "room": room})),
+        *(RawWs.frame(orjson.dumps({"type": "ping", "nonce": i})) for i in range(n)))
+    first = await raw.next_message(timeout=5)
+    assert first["type"] == "joined", first
+    nonces = [(await raw.next_message(timeout=5))["nonce"] for _ in range(n)]
+    assert nonces == list(range(n)), [
+        (i, x) for i, x in enumerate(nonces) if x != i][:5]
+    raw.abort()
+
+
+async def test_our_close_while_paused_still_reads_the_close_reply(
+        redis_url: str, database_url: str, redis: Redis, pool: asyncpg.Pool) -> None:
+    # Coverage for close() -> resume_reading(): a socket paused behind a join
+    # that does not finish gets our 4001; its close reply must be read (not
+    # left behind the pause until the 2 s abort) and the TCP close follows.
+    async with serving(redis_url, database_url, join_timeout_s=1) as srv:
+        room, _ = await make_room(pool, redis)
+        raw = await RawWs.connect(srv, token_for(await make_user(pool, redis)))
+        await redis.execute_command("CLIENT", "PAUSE", "3000", "ALL")  # the join hangs
+        await raw.send_frames(
+            RawWs.frame(orjson.dumps({"type": "join", "room": room})),
+            *(RawWs.frame(orjson.dumps({"type": "ping", "nonce": i})) for i in range(1000)))
+        await asyncio.sleep(0.2)
+        sock = next(iter(srv.ctx.connections.values())).sock
+        assert sock.paused and sock._held  # reading and parsing stopped, bytes held
+        assert await raw.close_code(timeout=3) == CLOSE_JOIN_TIMEOUT
+        t0 = time.monotonic()
+        await raw.send_frames(RawWs.frame(CLOSE_JOIN_TIMEOUT.to_bytes(2, "big"), CLOSE))
+        rest = await asyncio.wait_for(raw.reader.read(), 3)
+        assert rest == b"" and time.monotonic() - t0 < 1.0, (rest[:20], time.monotonic() - t0)
+        raw.abort()
