@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import multiprocessing as mp
 import os
 import random
 import re
@@ -98,6 +97,7 @@ from bench_spine import (  # noqa: E402
     start_profile,
     summarize_profile,
 )
+from procpool import ProcessPool  # noqa: E402
 from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
@@ -648,73 +648,11 @@ def worker_process(pipe: Any, wire: str, tag: str) -> None:
     uvloop.run(_worker_main(pipe, wire, tag))
 
 
-class Workers:
+class Workers(ProcessPool):
     """The parent's handle on the load-generator processes (fork, one pipe each)."""
 
     def __init__(self, n: int, wire: str, tag: str) -> None:
-        ctx = mp.get_context("fork")
-        self.procs: list[Any] = []
-        self.pipes: list[Any] = []
-        self.inbox: list[asyncio.Queue[Any]] | None = None
-        for _ in range(n):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_process, args=(child, wire, tag), daemon=True)
-            p.start()
-            child.close()
-            self.procs.append(p)
-            self.pipes.append(parent)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    def _start_readers(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.inbox = [asyncio.Queue() for _ in self.pipes]
-
-        def reader(pipe: Any, q: asyncio.Queue[Any]) -> None:
-            while True:
-                try:
-                    msg = pipe.recv()
-                    loop.call_soon_threadsafe(q.put_nowait, msg)
-                except (EOFError, OSError, RuntimeError) as exc:
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(q.put_nowait, exc)
-                    return
-
-        for p, q in zip(self.pipes, self.inbox, strict=True):
-            threading.Thread(target=reader, args=(p, q), daemon=True).start()
-
-    async def ask(self, *msg: Any, each: list[tuple[Any, ...]] | None = None,
-                  timeout: float = 60) -> list[Any]:
-        if self.inbox is None:
-            self._start_readers()
-        assert self.inbox is not None
-        for i, p in enumerate(self.pipes):
-            p.send(each[i] if each is not None else msg)
-
-        async def one(q: asyncio.Queue[Any]) -> Any:
-            r = await q.get()
-            if isinstance(r, BaseException):
-                raise RuntimeError(f"a load-generator process died: {r!r}")
-            return r
-
-        return list(await asyncio.wait_for(asyncio.gather(*(one(q) for q in self.inbox)),
-                                           timeout))
-
-    def stop(self) -> None:
-        for p in self.pipes:
-            with contextlib.suppress(Exception):
-                p.send(("exit",))
-        for pr in self.procs:
-            pr.join(timeout=3)
-            if pr.is_alive():
-                pr.terminate()
-                pr.join(timeout=2)
-            if pr.is_alive():
-                pr.kill()
-                pr.join(timeout=2)
-        self.procs, self.pipes = [], []
+        super().__init__(n, worker_process, (wire, tag))
 
 
 # --------------------------------------------------------------------------
