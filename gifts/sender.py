@@ -108,7 +108,7 @@ class GiftSender:
         )
         self._workers_n = workers  # >1 overlaps one call's round trip with the next batch
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None  # kept: see server/gateway.py _spawn
+        self._loop: asyncio.AbstractEventLoop | None = None  # kept: see server/gateway.py spawn
         self.batches = 0
         self.sent = 0
 

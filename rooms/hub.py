@@ -227,16 +227,10 @@ class Hub:
         seq = room.broadcast_seq
         json_frame: bytes | None = None
         msgpack_frame: bytes | None = None
-        budget = self.settings.outbound_bytes_max
         dead: list[Conn] = []
         # The hot loop of a surge: one prebuilt frame per wire format, written to
-        # every member. It is Conn.write_frame inlined (measured: the method call
-        # and its re-checks were a tenth of giftd's CPU per frame beyond the
-        # write itself); keep per-member work to these few lines.
+        # every member; per member only the format test and one write_frame call.
         for conn in room.members.values():
-            if conn.closed:
-                dead.append(conn)
-                continue
             if conn.fmt is WireFormat.JSON:
                 frame = json_frame
                 if frame is None:
@@ -247,13 +241,10 @@ class Hub:
                 if frame is None:
                     frame = msgpack_frame = ws_frame(tick_payload_msgpack(
                         room.id, [ev for _, ev in chunk], diff, viewers, seq), WireFormat.MSGPACK)
-            transport = conn.transport
-            if transport.get_write_buffer_size() > budget:  # behind: see Conn.write_frame
-                conn.drop_slow()
+            if not conn.write_frame(frame):  # gone, or dropped now for falling behind
                 dead.append(conn)
-                self.slow_closes += 1
-                continue
-            transport.write(frame)
+                if conn.slow:
+                    self.slow_closes += 1
         written = len(room.members) - len(dead)
         self.frames_written += written
         self.events_delivered += written * logical

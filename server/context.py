@@ -60,7 +60,7 @@ class Ctx:
     overlays: dict[int, dict[int, Conn]] = field(default_factory=dict)
 
     _background: set[asyncio.Task[None]] = field(default_factory=set)
-    # the loop this process serves on (built inside it); see gateway._spawn for why it is kept
+    # the loop this process serves on (built inside it); see gateway.spawn for why it is kept
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
 
     def __post_init__(self) -> None:

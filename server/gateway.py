@@ -119,10 +119,10 @@ async def check_async(ctx: Ctx, principal: Principal) -> None:
         raise Refused(401, "token_revoked", "this overlay token was revoked")
 
 
-_running: set[asyncio.Task[None]] = set()  # the sessions' sends, joins and leaves
+_running: set[asyncio.Task[None]] = set()  # sends, joins, leaves, overlay handshakes
 
 
-def _spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+def spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
            ) -> asyncio.Task[None]:
     # The loop is passed in, not looked up: on Python 3.11 every
     # asyncio.get_running_loop() is a getpid() system call (7 % of an ingress
@@ -191,7 +191,7 @@ class Session:
             ctx.overlays.get(conn.principal.user_id, {}).pop(conn.id, None)
         ctx.metrics.connections.dec()
         if not self.busy and conn.room is not None:  # else the running join leaves after it
-            _spawn(ctx.loop, self.leave())
+            spawn(ctx.loop, self.leave())
 
     def join_timed_out(self) -> None:
         self.ctx.unjoined.pop(self.conn.id, None)
@@ -247,7 +247,7 @@ class Session:
             self.conn.send({**exc.as_message(), "retry_after_ms": math.ceil(wait_s * 1000)})
             return
         self.in_flight += 1
-        _spawn(self.ctx.loop, self.send_gift(msg)).add_done_callback(self._send_done)
+        spawn(self.ctx.loop, self.send_gift(msg)).add_done_callback(self._send_done)
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
@@ -256,7 +256,7 @@ class Session:
 
     def _run_in_order(self, step: Coroutine[Any, Any, None]) -> None:
         self.busy = True
-        _spawn(self.ctx.loop, self._in_order(step))
+        spawn(self.ctx.loop, self._in_order(step))
 
     async def _in_order(self, step: Coroutine[Any, Any, None]) -> None:
         try:

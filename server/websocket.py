@@ -59,7 +59,6 @@ FRAGMENTS_MAX = 64  # a message in more pieces than this is refused (1009), what
 # cannot queue more than this much more: at most ~170 tiny (6-byte) frames.
 FEED_BYTES = 1024
 
-_handshakes: set[asyncio.Task[None]] = set()  # overlay handshakes awaiting Redis
 
 
 def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]
@@ -188,10 +187,7 @@ class GiftdWebSocket(asyncio.Protocol):
         if gateway.needs_async_check(principal):
             # An overlay token's version lives in Redis. Nothing else arrives
             # before our answer, so there is nothing to hold meanwhile.
-            task = asyncio.get_running_loop().create_task(self._check_then_open(request,
-                                                                                principal))
-            _handshakes.add(task)
-            task.add_done_callback(_handshakes.discard)
+            gateway.spawn(ctx.loop, self._check_then_open(request, principal))
             return
         self._open(request, principal)
 
@@ -203,7 +199,6 @@ class GiftdWebSocket(asyncio.Protocol):
             await gateway.check_async(self.ctx, principal)
             if self.transport is not None and not self.transport.is_closing():
                 self._open(request, principal)
-                self._flush()
         except gateway.Refused as r:
             self._refuse(refusal(r.status, r.code, r.message))
         except Exception:
@@ -223,13 +218,10 @@ class GiftdWebSocket(asyncio.Protocol):
 
         assert self.ctx is not None
         response = self.ws.accept(request)  # checks the handshake headers itself
-        self.ws.send_response(response)
         if response.status_code != 101:
-            self._flush()
-            self._mark_closed()
-            if self.transport is not None:
-                self.transport.close()
+            self._refuse(response)
             return
+        self.ws.send_response(response)
         self._flush()  # the 101 goes out before anything the session writes
         fmt = negotiate([self.ws.subprotocol] if self.ws.subprotocol else [])[0]
         assert self.transport is not None
@@ -394,8 +386,6 @@ class Sweeper:
         sweep_ms = round(self.SWEEP_S * 1000)
         self.slots = max(1, -(-ctx.settings.ws_ping_interval_ms // sweep_ms))
         self.slot = 0
-        self.pings_sent = 0
-        self.ping_timeouts = 0
 
     async def run(self) -> None:
         while True:
@@ -422,8 +412,6 @@ class Sweeper:
             if sock.close_sent:
                 continue
             if sock.ping_sent_s == 0.0:
-                self.pings_sent += 1
                 sock.ping(now_s)
             elif now_s - sock.ping_sent_s >= interval_s - self.SWEEP_S / 2:
-                self.ping_timeouts += 1
                 sock.fail(CLOSE_PING_TIMEOUT, "keepalive ping timeout")

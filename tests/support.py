@@ -69,10 +69,8 @@ class RunningServer:
 
     async def start(self) -> None:
         from server.app import create_app
-        from server.cli import quiet_refused_handshakes
         from server.runner import GiftdServer, uvicorn_config
 
-        quiet_refused_handshakes()
         self._app = create_app(self.settings, self.redis_url, self.database_url)
         config = uvicorn_config(self._app, "127.0.0.1", self.port)
         self._server = GiftdServer(config)
