@@ -54,7 +54,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from array import array
@@ -75,6 +74,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 import websockets  # noqa: E402
 from bench_spine import OWNED, ROOM, SECRET, log  # noqa: E402
+from procpool import Handler, raise_nofile, run_child  # noqa: E402
 from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
@@ -380,65 +380,35 @@ async def idle_connect(w: fan.LoadGen, host: str, port: int, tokens: list[str], 
             "seconds": time.monotonic() - t0, "rss": psutil.Process().memory_info().rss}
 
 
-async def _gen_main(pipe: Any) -> None:
-    loop = asyncio.get_running_loop()
-    cmds: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    def reader() -> None:
-        while True:
-            try:
-                msg = pipe.recv()
-            except (EOFError, OSError):
-                os._exit(0)
-            loop.call_soon_threadsafe(cmds.put_nowait, msg)
-
-    threading.Thread(target=reader, daemon=True).start()
+def _gen_handler() -> Handler:
+    """bench_fanout's viewer commands, plus idle viewers and Socket.IO viewers."""
     g = fan.LoadGen()
     s = SioGen()
-    while True:
-        cmd, *args = await cmds.get()
-        if cmd == "connect":
-            pipe.send(await g.connect(*args))
-        elif cmd == "snap":
-            pipe.send(g.snap())
-        elif cmd == "record":
-            g.recording = bool(args[0])
-            pipe.send(g.snap())
-        elif cmd == "final":
-            pipe.send(g.final())
-        elif cmd == "close":
-            await g.close_all()
-            g.reset()
-            pipe.send(True)
-        elif cmd == "idle:connect":
-            pipe.send(await idle_connect(g, *args))
-        elif cmd == "idle:snap":
-            pipe.send({"open": sum(1 for v in g.viewers if v.state == 1),
-                       "closed": dict(g.closed), "rss": psutil.Process().memory_info().rss})
-        elif cmd == "sio:connect":
-            pipe.send(await s.connect(*args))
-        elif cmd == "sio:record":
-            pipe.send(s.record(bool(args[0])))
-        elif cmd == "sio:snap":
-            pipe.send(s.snap())
-        elif cmd == "sio:final":
-            pipe.send(s.final())
-        elif cmd == "sio:close":
+    viewers = fan.loadgen_handler(g)
+
+    async def handle(cmd: str, args: list[Any]) -> Any:
+        if cmd == "idle:connect":
+            return await idle_connect(g, *args)
+        if cmd == "idle:snap":
+            return {"open": sum(1 for v in g.viewers if v.state == 1),
+                    "closed": dict(g.closed), "rss": psutil.Process().memory_info().rss}
+        if cmd == "sio:connect":
+            return await s.connect(*args)
+        if cmd == "sio:record":
+            return s.record(bool(args[0]))
+        if cmd == "sio:snap":
+            return s.snap()
+        if cmd == "sio:final":
+            return s.final()
+        if cmd == "sio:close":
             await s.close_all()
-            pipe.send(True)
-        elif cmd == "exit":
-            pipe.send(True)
-            return
+            return True
+        return await viewers(cmd, args)
+    return handle
 
 
 def gen_process(pipe: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    fan._die_with_parent()
-    fan._raise_nofile()
-    import uvloop
-
-    uvloop.run(_gen_main(pipe))
+    run_child(pipe, _gen_handler)
 
 
 class Gens(fan.LoadGens):
@@ -1359,7 +1329,7 @@ async def run(args: argparse.Namespace, gens: Gens | None, tmp: Path,
               state: dict[str, Any]) -> int:
     full = args.full
     facts = spine.machine_facts()
-    facts["fds"] = f"RLIMIT_NOFILE {fan._raise_nofile():,}"
+    facts["fds"] = f"RLIMIT_NOFILE {raise_nofile():,}"
     facts["code"] = subprocess.run(["git", "-C", str(HERE.parent), "log", "-1", "--format=%h %s"],
                                    capture_output=True, text=True).stdout.strip()[:70]
     facts["command"] = "loadtest/bench.py " + " ".join(sys.argv[1:])

@@ -51,17 +51,14 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hashlib
 import math
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
@@ -96,7 +93,7 @@ from bench_spine import (  # noqa: E402
     start_profile,
     summarize_profile,
 )
-from procpool import ProcessPool  # noqa: E402
+from procpool import Handler, ProcessPool, die_with_parent, raise_nofile, run_child  # noqa: E402
 from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
@@ -159,20 +156,6 @@ SENT_RE = re.compile(rb'"client_id":"[^"]*-t(\d+)"')
 # --------------------------------------------------------------------------
 # the load generator: viewer processes
 # --------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Viewer(FrameReader, asyncio.Protocol):
@@ -470,50 +453,28 @@ class LoadGen:
         self.__init__()  # type: ignore[misc]
 
 
-async def _loadgen_main(pipe: Any) -> None:
-    loop = asyncio.get_running_loop()
-    cmds: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    # A thread does the blocking reads: the loop's add_reader would make the fd
-    # non-blocking, and a large message would then fail half-read.
-    def reader() -> None:
-        while True:
-            try:
-                msg = pipe.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the parent is gone
-            loop.call_soon_threadsafe(cmds.put_nowait, msg)
-
-    threading.Thread(target=reader, daemon=True).start()
-    g = LoadGen()
-    while True:
-        cmd, *args = await cmds.get()
+def loadgen_handler(g: LoadGen) -> Handler:
+    """A viewer load generator's commands (bench.py adds its own on top)."""
+    async def handle(cmd: str, args: list[Any]) -> Any:
         if cmd == "connect":
-            pipe.send(await g.connect(*args))
-        elif cmd == "snap":
-            pipe.send(g.snap())
-        elif cmd == "record":
+            return await g.connect(*args)
+        if cmd == "snap":
+            return g.snap()
+        if cmd == "record":
             g.recording = bool(args[0])
-            pipe.send(g.snap())
-        elif cmd == "final":
-            pipe.send(g.final())
-        elif cmd == "close":
+            return g.snap()
+        if cmd == "final":
+            return g.final()
+        if cmd == "close":
             await g.close_all()
             g.reset()
-            pipe.send(True)
-        elif cmd == "exit":
-            pipe.send(True)
-            return
+            return True
+        raise ValueError(f"unknown load-generator command {cmd!r}")
+    return handle
 
 
 def loadgen_process(pipe: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
-    _raise_nofile()
-    import uvloop
-
-    uvloop.run(_loadgen_main(pipe))
+    run_child(pipe, lambda: loadgen_handler(LoadGen()))
 
 
 class LoadGens(ProcessPool):
@@ -657,8 +618,8 @@ class FloorServer:
 
 
 def floor_server_main(args: argparse.Namespace) -> int:
-    _die_with_parent()
-    _raise_nofile()
+    die_with_parent()
+    raise_nofile()
     import uvloop
 
     uvloop.run(FloorServer(args.tick_ms, args.events, args.event_bytes).run("127.0.0.1",
@@ -1363,7 +1324,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 
 async def bench(cfg: Config, lg: LoadGens, tmp: Path, state: dict[str, Any]) -> int:
     facts = machine_facts()
-    nofile = _raise_nofile()
+    nofile = raise_nofile()
     facts["fds"] = f"RLIMIT_NOFILE {nofile:,} (giftd inherits it; load generators raise theirs)"
     tag = f"f{int(time.time())}"
     print_header(facts, cfg)

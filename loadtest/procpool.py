@@ -1,21 +1,79 @@
-"""Load-generator processes driven over pipes: the parent's handle on them.
+"""Load-generator processes driven over pipes: both ends.
 
 bench_fanout, surge and bench each fork a few load-generator processes first
 thing (nothing of the parent's loop or threads to inherit) and talk to them
-with small command tuples over one pipe each. `ask` sends a command to every
-process (or one per process with `each`) and gathers the answers; a daemon
-thread per pipe does the blocking reads, so the parent's event loop never waits
-on a pipe. A process that dies turns its next answer into an error.
+with small command tuples over one pipe each. In the parent, `ProcessPool.ask`
+sends a command to every process (or one per process with `each`) and gathers
+the answers; in each child, `run_child` answers every command with its
+handler's result until `("exit",)`. On both sides a daemon thread does the
+blocking pipe reads: the loop's add_reader would make the fd non-blocking, and
+a large message would then fail half-read. A process that dies turns its next
+answer into an error in the parent; a child whose parent dies dies too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing as mp
+import os
+import resource
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+# A child's answer to one command: (command, its arguments) -> the reply to send.
+Handler = Callable[[str, list[Any]], Awaitable[Any]]
+
+
+def die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def raise_nofile() -> int:
+    """Lift RLIMIT_NOFILE to its hard limit (thousands of sockets per process)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def run_child(pipe: Any, make_handler: Callable[[], Handler]) -> None:
+    """A load-generator process's whole life: answer commands until ("exit",)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
+    raise_nofile()
+    import uvloop
+
+    uvloop.run(_serve(pipe, make_handler))
+
+
+async def _serve(pipe: Any, make_handler: Callable[[], Handler]) -> None:
+    loop = asyncio.get_running_loop()
+    cmds: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def reader() -> None:
+        while True:
+            try:
+                msg = pipe.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the parent is gone
+            loop.call_soon_threadsafe(cmds.put_nowait, msg)
+
+    threading.Thread(target=reader, daemon=True).start()
+    handle = make_handler()
+    while True:
+        cmd, *args = await cmds.get()
+        if cmd == "exit":
+            pipe.send(True)
+            return
+        pipe.send(await handle(cmd, args))
 
 
 class ProcessPool:

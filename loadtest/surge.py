@@ -58,7 +58,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
@@ -79,8 +78,6 @@ import psutil  # noqa: E402
 from bench_fanout import (  # noqa: E402
     EVENT_MARK,
     TICK_PREFIX,
-    _die_with_parent,
-    _raise_nofile,
     cores,
     cpu_snap,
     fmt_cores,
@@ -97,7 +94,7 @@ from bench_spine import (  # noqa: E402
     start_profile,
     summarize_profile,
 )
-from procpool import ProcessPool  # noqa: E402
+from procpool import Handler, ProcessPool, raise_nofile, run_child  # noqa: E402
 from rawws import FrameReader, upgrade_request  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
@@ -602,50 +599,32 @@ class Worker:
                 c.t.abort()
 
 
-async def _worker_main(pipe: Any, wire: str, tag: str) -> None:
-    loop = asyncio.get_running_loop()
-    cmds: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    def reader() -> None:  # blocking reads in a thread (see bench_fanout._loadgen_main)
-        while True:
-            try:
-                msg = pipe.recv()
-            except (EOFError, OSError):
-                os._exit(0)
-            loop.call_soon_threadsafe(cmds.put_nowait, msg)
-
-    threading.Thread(target=reader, daemon=True).start()
+def _worker_handler(wire: str, tag: str) -> Handler:
     w = Worker(wire, tag)
     storm: asyncio.Task[None] | None = None
-    while True:
-        cmd, *args = await cmds.get()
+
+    async def handle(cmd: str, args: list[Any]) -> Any:
+        nonlocal storm
         if cmd == "connect":
-            pipe.send(await w.connect(*args))
-        elif cmd == "storm":
+            return await w.connect(*args)
+        if cmd == "storm":
             storm = asyncio.create_task(w.storm(*args))
-            pipe.send(True)
-        elif cmd == "snap":
-            pipe.send(w.snap())
-        elif cmd == "final":
+            return True
+        if cmd == "snap":
+            return w.snap()
+        if cmd == "final":
             if storm is not None and not storm.done():
                 storm.cancel()
-            pipe.send(w.final())
-        elif cmd == "close":
+            return w.final()
+        if cmd == "close":
             await w.close_all()
-            pipe.send(True)
-        elif cmd == "exit":
-            pipe.send(True)
-            return
+            return True
+        raise ValueError(f"unknown load-generator command {cmd!r}")
+    return handle
 
 
 def worker_process(pipe: Any, wire: str, tag: str) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
-    _raise_nofile()
-    import uvloop
-
-    uvloop.run(_worker_main(pipe, wire, tag))
+    run_child(pipe, lambda: _worker_handler(wire, tag))
 
 
 class Workers(ProcessPool):
@@ -823,7 +802,7 @@ async def monitor(base: str, redis: Redis, rep: Report, t0: float, stop: asyncio
 
 async def run(cfg: Config, wk: Workers, tmp: Path) -> int:
     rep = Report(facts=machine_facts())
-    rep.facts["fds"] = f"RLIMIT_NOFILE {_raise_nofile():,}"
+    rep.facts["fds"] = f"RLIMIT_NOFILE {raise_nofile():,}"
     t_start = time.monotonic()
     sched = cfg.sched
     print_header(rep.facts, cfg)
